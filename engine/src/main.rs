@@ -1,1 +1,151 @@
-fn main(){}
+//! `redrain`: serve the engine, check a config, or load-test a running engine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use quota::clock::SystemClock;
+use quota::config::Config;
+use quota::store::NodeShare;
+use redrain::server::{self, Settings};
+
+#[derive(Parser)]
+#[command(name = "redrain", version, about = "Red-packet rain: prize draws, quotas and rates, durable wins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine.
+    Serve(ServeArgs),
+    /// Validate a config file; prints every problem and exits non-zero if there is one.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Drive a running engine over HTTP and check its properties afterwards.
+    Load(redrain::load::LoadArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Campaign config (TOML). Published on a fresh data dir, or when the file changed.
+    #[arg(long, default_value = "configs/demo.toml")]
+    config: PathBuf,
+    /// Data directory (RocksDB lives in DATA/db).
+    #[arg(long, default_value = "./data")]
+    data: PathBuf,
+    /// Address to listen on; port 0 picks a free port (the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Bearer token of the admin API [env: REDRAIN_ADMIN_TOKEN]; a random one is made and
+    /// printed if unset.
+    #[arg(long, env = "REDRAIN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// This node's index among --node-count nodes (each owns a share of every quota and rate).
+    #[arg(long, default_value_t = 0)]
+    node_index: u32,
+    /// Number of engine nodes sharing the quotas.
+    #[arg(long, default_value_t = 1)]
+    node_count: u32,
+    /// Seed of the draw's randomness (random if unset); the same seed, user and request id
+    /// always draw the same way.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Load(args) => runtime(None).and_then(|rt| rt.block_on(redrain::load::run(args))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        b.worker_threads(n);
+    }
+    Ok(b.enable_all().build()?)
+}
+
+fn check_config(file: &PathBuf) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    match Config::from_toml(&text) {
+        Ok(c) => {
+            let prizes = c.prizes().count();
+            println!("{}: ok ({} campaigns, {} rounds, {} prizes, {} partners)", file.display(), c.campaigns.len(), c.rounds.len(), prizes, c.partners.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            for f in &e.errors {
+                println!("{}: {f}", file.display());
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let share = NodeShare::new(args.node_index, args.node_count)
+        .ok_or_else(|| anyhow::anyhow!("--node-index must be below --node-count (got {} of {})", args.node_index, args.node_count))?;
+    let admin_token = match args.admin_token {
+        Some(t) if t.len() >= 16 => t,
+        Some(_) => anyhow::bail!("--admin-token must be at least 16 characters"),
+        None => {
+            let t = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+            tracing::warn!("no admin token set; using a random one for this run: {t}");
+            t
+        }
+    };
+    let settings = Settings {
+        config_path: args.config,
+        data_dir: args.data,
+        admin_token,
+        share,
+        seed: args.seed.unwrap_or_else(rand::random),
+    };
+    let rt = runtime(args.threads)?;
+    rt.block_on(async {
+        let app = Arc::new(tokio::task::block_in_place(|| server::open(&settings, Arc::new(SystemClock)))?);
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        let addr = listener.local_addr()?;
+        // Tests and scripts read this line to find a port-0 listener.
+        println!("redrain listening on http://{addr}");
+        tracing::info!(%addr, data = %settings.data_dir.display(), seq = app.service.snapshot().seq.0, "serving; admin UI and API under /admin");
+        server::run(listener, app, shutdown_signal(), Duration::from_secs(10)).await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

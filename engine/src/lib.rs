@@ -1,0 +1,34 @@
+//! # redrain engine
+//!
+//! The glue and the binary: the HTTP API, the draw service, durable storage, and the load tool.
+//! It owns every I/O of the draw; the rules themselves live in the pure `quota` crate.
+//!
+//! # Layout
+//! - [`server`]: opening a data dir ([`server::open`]) and serving a bound listener until a
+//!   shutdown future resolves ([`server::run`]).
+//! - [`api`]: warp routes, bounded bodies, JSON errors, admin authentication.
+//! - [`service`]: the draw: per-user lock → idempotency check → plan → durable commit → answer.
+//! - [`storage`]: RocksDB column families and the group-commit writer.
+//! - [`userlock`]: per-user serialization without a global lock.
+//! - [`metrics`]: Prometheus text metrics.
+//! - [`error`]: the API error type.
+//! - [`client`]: a small keep-alive HTTP client (load tool and tests).
+//! - [`load`]: `redrain load`, the full-link load generator and checker.
+//!
+//! # Example
+//! ```
+//! use redrain::error::ApiError;
+//! let e = ApiError::field("shakes", "must be from 1 to 20, got 0");
+//! assert_eq!(e.status, 400);
+//! assert_eq!(e.message, "shakes: must be from 1 to 20, got 0");
+//! ```
+
+pub mod api;
+pub mod client;
+pub mod error;
+pub mod load;
+pub mod metrics;
+pub mod server;
+pub mod service;
+pub mod storage;
+pub mod userlock;

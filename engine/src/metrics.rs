@@ -1,0 +1,110 @@
+//! Counters and histograms, rendered in the Prometheus text format.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use quota::ids::PrizeId;
+
+/// Upper bounds of the latency buckets, in microseconds.
+const BUCKETS_US: [u64; 14] = [50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Latency {
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Latency {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros() as u64;
+        let i = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Relaxed);
+            let le = BUCKETS_US.get(i).map_or("+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// The engine's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Draw requests by outcome: win, none, capped, not_live.
+    pub draws: [AtomicU64; 4],
+    /// Draw requests answered from an idempotency record.
+    pub replays: AtomicU64,
+    /// Takes refused because the slot was full.
+    pub slot_refusals: AtomicU64,
+    /// Takes refused because the quota was used up.
+    pub quota_refusals: AtomicU64,
+    /// Draws that failed to become durable (their wins were given back).
+    pub storage_errors: AtomicU64,
+    /// Draw requests refused because the user had too many in flight.
+    pub user_busy: AtomicU64,
+    wins: RwLock<HashMap<PrizeId, AtomicU64>>,
+    /// Latency of draw requests.
+    pub draw_latency: Latency,
+    /// Latency of every other request.
+    pub other_latency: Latency,
+}
+
+/// Outcome labels, in the order of [`Metrics::draws`].
+pub const OUTCOMES: [&str; 4] = ["win", "none", "capped", "not_live"];
+
+impl Metrics {
+    /// Counts one win of `prize`.
+    pub fn win(&self, prize: &PrizeId) {
+        if let Some(c) = self.wins.read().get(prize) {
+            c.fetch_add(1, Relaxed);
+            return;
+        }
+        self.wins.write().entry(prize.clone()).or_default().fetch_add(1, Relaxed);
+    }
+
+    /// Renders everything; `seq` is the live config's SeqNo.
+    pub fn render(&self, seq: u64, users_in_flight: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP redrain_draws_total Draw requests by outcome.\n# TYPE redrain_draws_total counter\n");
+        for (i, o) in OUTCOMES.iter().enumerate() {
+            let _ = writeln!(out, "redrain_draws_total{{outcome=\"{o}\"}} {}", self.draws[i].load(Relaxed));
+        }
+        let counters = [
+            ("redrain_draw_replays_total", "Draw requests answered from an idempotency record.", &self.replays),
+            ("redrain_slot_refusals_total", "Prize takes refused: no room in the 100 ms slot.", &self.slot_refusals),
+            ("redrain_quota_refusals_total", "Prize takes refused: quota used up.", &self.quota_refusals),
+            ("redrain_storage_errors_total", "Draws that could not be made durable.", &self.storage_errors),
+            ("redrain_user_busy_total", "Draw requests refused: too many in flight for one user.", &self.user_busy),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Relaxed));
+        }
+        out.push_str("# HELP redrain_wins_total Wins by prize.\n# TYPE redrain_wins_total counter\n");
+        let wins = self.wins.read();
+        let mut prizes: Vec<_> = wins.iter().collect();
+        prizes.sort_by(|a, b| a.0.cmp(b.0));
+        for (p, c) in prizes {
+            let _ = writeln!(out, "redrain_wins_total{{prize=\"{p}\"}} {}", c.load(Relaxed));
+        }
+        out.push_str("# HELP redrain_config_seq SeqNo of the live config.\n# TYPE redrain_config_seq gauge\n");
+        let _ = writeln!(out, "redrain_config_seq {seq}");
+        out.push_str("# HELP redrain_users_in_flight Users with a draw running.\n# TYPE redrain_users_in_flight gauge\n");
+        let _ = writeln!(out, "redrain_users_in_flight {users_in_flight}");
+        out.push_str("# HELP redrain_request_seconds Request latency.\n# TYPE redrain_request_seconds histogram\n");
+        self.draw_latency.render(&mut out, "redrain_request_seconds", "route=\"draw\"");
+        self.other_latency.render(&mut out, "redrain_request_seconds", "route=\"other\"");
+        out
+    }
+}

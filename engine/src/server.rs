@@ -1,0 +1,167 @@
+//! Opening the engine on a data dir, and serving it on a bound listener until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quota::book::CounterBook;
+use quota::clock::Clock;
+use quota::config::{Config, RawConfig};
+use quota::ids::{PrizeId, SeqNo};
+use quota::store::{ConfigStore, NodeShare, PublishError, Snapshot};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::service::DrawService;
+use crate::storage::{Cf, Op, Storage};
+use crate::userlock::UserLocks;
+
+/// Most connections served at once; further ones wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 16_384;
+
+/// Settings of a serving engine, already validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The config file; published when the data dir has none or when the file changed.
+    pub config_path: PathBuf,
+    /// Where RocksDB lives.
+    pub data_dir: PathBuf,
+    /// Bearer token of the admin API.
+    pub admin_token: String,
+    /// This node's share of every quota and rate.
+    pub share: NodeShare,
+    /// Seed of the draw's randomness.
+    pub seed: u64,
+}
+
+/// The running engine, shared by every request.
+#[derive(Debug)]
+pub struct App {
+    /// The draw service.
+    pub service: Arc<DrawService>,
+    /// Bearer token of the admin API.
+    pub admin_token: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredConfig {
+    seq: u64,
+    config: RawConfig,
+}
+
+const CONFIG_KEY: &[u8] = b"config";
+const FILE_HASH_KEY: &[u8] = b"config_file_hash";
+
+/// Opens the data dir, restores counters, and settles the config: the stored one, or the file
+/// published on top of it when the file is new or changed.
+pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+    let text = std::fs::read_to_string(&settings.config_path)
+        .map_err(|e| anyhow::anyhow!("reading config {}: {e}", settings.config_path.display()))?;
+    let file_hash: String = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let storage = Arc::new(Storage::open(&settings.data_dir.join("db"))?);
+
+    let stored = match storage.get(Cf::Meta, CONFIG_KEY)? {
+        Some(bytes) => {
+            let s: StoredConfig = serde_json::from_slice(&bytes)?;
+            let config = s.config.validate().map_err(|e| anyhow::anyhow!("the stored config (seq {}) no longer validates: {e}", s.seq))?;
+            Some((SeqNo(s.seq), config))
+        }
+        None => None,
+    };
+    let file_changed = storage.get(Cf::Meta, FILE_HASH_KEY)?.as_deref() != Some(file_hash.as_bytes());
+    let parse_file = || {
+        Config::from_toml(&text).map_err(|e| {
+            let list: Vec<String> = e.errors.iter().map(|f| format!("  {f}")).collect();
+            anyhow::anyhow!("config {} is invalid:\n{}", settings.config_path.display(), list.join("\n"))
+        })
+    };
+    let (seq, config, pending_file) = match stored {
+        Some((seq, config)) if !file_changed => (seq, config, None),
+        Some((seq, config)) => (seq, config, Some(parse_file()?)),
+        None => (SeqNo(0), parse_file()?, None),
+    };
+
+    let book = CounterBook::new();
+    let store = ConfigStore::new(seq, config, settings.share);
+    for (prize, occurrence, issued) in storage.counters()? {
+        let Ok(prize) = PrizeId::new(&prize) else { continue };
+        let limit = store.limit_of(&prize);
+        book.restore(prize, occurrence, issued.min(u64::from(u32::MAX)) as u32, limit);
+    }
+    let service = Arc::new(DrawService {
+        store,
+        book,
+        storage,
+        locks: UserLocks::default(),
+        metrics: Metrics::default(),
+        clock,
+        seed: settings.seed,
+    });
+    if seq.0 == 0 {
+        // A fresh data dir: make the file's config durable as SeqNo 1.
+        let config = service.store.load().config.clone();
+        publish(&service, config, Some(&file_hash))?;
+    } else if let Some(config) = pending_file {
+        publish(&service, config, Some(&file_hash))?;
+        tracing::info!(path = %settings.config_path.display(), "config file changed; published it");
+    }
+    Ok(App { service, admin_token: settings.admin_token.clone() })
+}
+
+/// Publishes `config` as the next SeqNo, durably; `file_hash` marks it as read from the file.
+pub fn publish(service: &DrawService, config: Config, file_hash: Option<&str>) -> Result<Arc<Snapshot>, PublishError> {
+    service.store.publish(config, &service.book, |seq, config| {
+        let stored = serde_json::to_vec(&StoredConfig { seq: seq.0, config: config.raw.clone() }).map_err(|e| e.to_string())?;
+        let mut ops = vec![
+            Op::Put(Cf::Meta, format!("config/{:020}", seq.0).into_bytes(), stored.clone()),
+            Op::Put(Cf::Meta, CONFIG_KEY.to_vec(), stored),
+        ];
+        if let Some(hash) = file_hash {
+            ops.push(Op::Put(Cf::Meta, FILE_HASH_KEY.to_vec(), hash.as_bytes().to_vec()));
+        }
+        service.storage.commit_blocking(ops).map_err(|e| e.to_string())
+    })
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains open requests (for at most
+/// `drain`) and returns.
+pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>, drain: Duration) {
+    let service = warp::service(crate::api::routes(app));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+        };
+        let (stream, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await; // e.g. out of fds: back off
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let svc = hyper_util::service::TowerToHyperService::new(service.clone());
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the drain period; closing");
+    }
+}

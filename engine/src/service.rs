@@ -1,0 +1,286 @@
+//! The draw service: load the user's standing, plan the draw, make it durable, answer.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use quota::book::CounterBook;
+use quota::clock::Clock;
+use quota::config::{format_ms, PrizeKind, Round};
+use quota::draw::{Outcome, MAX_SHAKES};
+use quota::ids::check_id;
+use quota::schedule::{fnv1a, NotLive};
+use quota::store::{ConfigStore, Snapshot};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use warp::http::StatusCode;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::storage::{counter_key, request_key, standing_ops, win_key, Cf, Op, Storage};
+use crate::userlock::UserLocks;
+
+/// A draw request body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrawRequest {
+    /// The user drawing.
+    pub user: String,
+    /// Client-chosen id; a retry with the same id gets the same answer and draws nothing.
+    pub request_id: String,
+    /// Shakes batched in this request (1..=20, default 1).
+    #[serde(default = "one")]
+    pub shakes: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One win in a response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WinView {
+    /// Unique id of the win.
+    pub win_id: String,
+    /// The prize.
+    pub prize: String,
+    /// `cash` or `coupon`.
+    pub kind: String,
+    /// Cash amount.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub amount_cents: Option<u64>,
+    /// Coupon SKU.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sku: Option<String>,
+    /// When it was won, RFC 3339.
+    pub at: String,
+    /// When it was won, ms since the epoch (its 100 ms slot is `at_ms / 100`).
+    pub at_ms: u64,
+}
+
+/// A draw response body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrawResponse {
+    /// `win`, `none`, `capped` or `not_live`.
+    pub outcome: String,
+    /// Why not live: `round_not_live`, `paused`, `group_not_started`, `window_closed`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// When the user's stagger group starts, for `group_not_started`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub retry_at: Option<String>,
+    /// The round.
+    pub round: String,
+    /// The occurrence drawn in.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub occurrence: Option<u64>,
+    /// Prizes won.
+    pub wins: Vec<WinView>,
+    /// SeqNo of the config the draw used.
+    pub seq: u64,
+}
+
+/// A win as stored (and listed to its user).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WinRecord {
+    /// The win as the client saw it.
+    #[serde(flatten)]
+    pub view: WinView,
+    /// Who won it.
+    pub user: String,
+    /// The request that won it.
+    pub request_id: String,
+    /// The round and occurrence.
+    pub round: String,
+    /// The occurrence.
+    pub occurrence: u64,
+    /// The partner that delivers it.
+    pub partner: String,
+    /// Config SeqNo used.
+    pub seq: u64,
+}
+
+/// A delivery waiting for the delivery work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// The win delivered.
+    pub win_id: String,
+    /// Recipient.
+    pub user: String,
+    /// The partner.
+    pub partner: String,
+    /// The prize.
+    pub prize: String,
+    /// Cash amount.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub amount_cents: Option<u64>,
+    /// Coupon SKU.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sku: Option<String>,
+    /// `pending` until the delivery work moves it on.
+    pub state: String,
+    /// When it was created.
+    pub created_ms: u64,
+}
+
+/// Everything a draw needs; shared by all request handlers.
+#[derive(Debug)]
+pub struct DrawService {
+    /// The live config.
+    pub store: ConfigStore,
+    /// Counters per prize and occurrence.
+    pub book: CounterBook,
+    /// Durable state.
+    pub storage: Arc<Storage>,
+    /// Per-user serialization.
+    pub locks: UserLocks,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Seed of every draw's randomness (mixed with the user and request id).
+    pub seed: u64,
+}
+
+impl DrawService {
+    /// Validates and runs a draw; resolves once the answer is durable.
+    pub async fn draw(self: &Arc<Self>, round_id: &str, req: DrawRequest) -> Result<Vec<u8>, ApiError> {
+        check_id(&req.user).map_err(|e| ApiError::field("user", e.to_string()))?;
+        check_id(&req.request_id).map_err(|e| ApiError::field("request_id", e.to_string()))?;
+        if !(1..=MAX_SHAKES).contains(&req.shakes) {
+            return Err(ApiError::field("shakes", format!("must be from 1 to {MAX_SHAKES}, got {}", req.shakes)));
+        }
+        let snapshot = self.store.load();
+        if snapshot.config.round(round_id).is_none() {
+            return Err(ApiError::not_found("round", round_id));
+        }
+        // Run to completion even if the client goes away: the user's lock must not be released
+        // while the draw's batch may still land.
+        let this = self.clone();
+        let round_id = round_id.to_string();
+        tokio::spawn(async move { this.draw_locked(&snapshot, &round_id, &req).await })
+            .await
+            .map_err(ApiError::internal)?
+    }
+
+    async fn draw_locked(&self, snapshot: &Snapshot, round_id: &str, req: &DrawRequest) -> Result<Vec<u8>, ApiError> {
+        let round = snapshot.config.round(round_id).expect("checked by the caller");
+        let campaign = &snapshot.config.campaigns[round.campaign];
+        let _guard = self.locks.lock(&req.user).await.map_err(|e| {
+            self.metrics.user_busy.fetch_add(1, Relaxed);
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "user_busy", e.to_string())
+        })?;
+        if let Some(stored) = self.storage.request(&req.user, &req.request_id).map_err(ApiError::unavailable)? {
+            self.metrics.replays.fetch_add(1, Relaxed);
+            return Ok(stored);
+        }
+        let standing = self.storage.standing(round.id.as_str(), campaign.id.as_str(), &req.user).map_err(ApiError::unavailable)?;
+        let now_ms = self.clock.now_ms();
+        let mut rng = SmallRng::seed_from_u64(self.seed ^ fnv1a(req.user.as_bytes()) ^ fnv1a(req.request_id.as_bytes()).rotate_left(17));
+        let plan = quota::draw::plan(snapshot, &self.store, &self.book, round, &req.user, standing, req.shakes, now_ms, &mut rng);
+        self.metrics.slot_refusals.fetch_add(plan.slot_refusals.into(), Relaxed);
+        self.metrics.quota_refusals.fetch_add(plan.quota_refusals.into(), Relaxed);
+
+        let mut response = DrawResponse {
+            outcome: plan.outcome.as_str().to_string(),
+            reason: None,
+            retry_at: None,
+            round: round.id.to_string(),
+            occurrence: plan.occurrence.map(|o| o.index),
+            wins: Vec::with_capacity(plan.wins.len()),
+            seq: snapshot.seq.0,
+        };
+        let outcome_index = match plan.outcome {
+            Outcome::Win => 0,
+            Outcome::None => 1,
+            Outcome::Capped => 2,
+            Outcome::NotLive(why) => {
+                response.reason = Some(why.code().to_string());
+                if let NotLive::GroupNotStarted { starts_at_ms } = why {
+                    response.retry_at = Some(format_ms(starts_at_ms));
+                }
+                3
+            }
+        };
+        // Nothing was drawn and no state changed: answer without a write.
+        let Some(standing) = plan.standing.filter(|s| *s != standing || !plan.wins.is_empty() || plan.outcome == Outcome::None) else {
+            self.metrics.draws[outcome_index].fetch_add(1, Relaxed);
+            return Ok(serde_json::to_vec(&response).map_err(ApiError::internal)?);
+        };
+
+        let occurrence = plan.occurrence.map_or(0, |o| o.index);
+        let mut ops = Vec::with_capacity(3 + 3 * plan.wins.len());
+        for (i, w) in plan.wins.iter().enumerate() {
+            let prize = &round.prizes[w.prize];
+            let view = win_view(req, i, prize, w.amount.map(|a| a.0), now_ms);
+            let record = WinRecord {
+                view: view.clone(),
+                user: req.user.clone(),
+                request_id: req.request_id.clone(),
+                round: round.id.to_string(),
+                occurrence,
+                partner: snapshot.config.partners[prize.partner].id.to_string(),
+                seq: snapshot.seq.0,
+            };
+            let delivery = DeliveryRecord {
+                win_id: view.win_id.clone(),
+                user: req.user.clone(),
+                partner: record.partner.clone(),
+                prize: prize.id.to_string(),
+                amount_cents: view.amount_cents,
+                sku: view.sku.clone(),
+                state: "pending".into(),
+                created_ms: now_ms,
+            };
+            ops.push(Op::Put(Cf::Wins, win_key(&req.user, now_ms, &view.win_id), serde_json::to_vec(&record).map_err(ApiError::internal)?));
+            ops.push(Op::Put(Cf::Deliveries, view.win_id.clone().into_bytes(), serde_json::to_vec(&delivery).map_err(ApiError::internal)?));
+            ops.push(Op::Add(Cf::Counters, counter_key(prize.id.as_str(), occurrence), 1));
+            response.wins.push(view);
+        }
+        ops.extend(standing_ops(round.id.as_str(), campaign.id.as_str(), &req.user, &standing));
+        let body = serde_json::to_vec(&response).map_err(ApiError::internal)?;
+        ops.push(Op::Put(Cf::Requests, request_key(&req.user, &req.request_id), body.clone()));
+
+        if let Err(e) = self.storage.commit(ops).await {
+            plan.give_back();
+            self.metrics.storage_errors.fetch_add(1, Relaxed);
+            return Err(ApiError::unavailable(e));
+        }
+        self.metrics.draws[outcome_index].fetch_add(1, Relaxed);
+        for w in &plan.wins {
+            self.metrics.win(&round.prizes[w.prize].id);
+        }
+        Ok(body)
+    }
+
+    /// The live snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.store.load()
+    }
+
+    /// Issued so far on this node for `round`'s prizes in `occurrence`.
+    pub fn issued(&self, round: &Round, occurrence: u64) -> Vec<u64> {
+        round
+            .prizes
+            .iter()
+            .map(|p| self.book.get(&p.id, occurrence).map_or(0, |c| c.quota.issued().into()))
+            .collect()
+    }
+}
+
+fn win_view(req: &DrawRequest, index: usize, prize: &quota::config::Prize, amount_cents: Option<u64>, at_ms: u64) -> WinView {
+    let digest = Sha256::new()
+        .chain_update(req.user.as_bytes())
+        .chain_update([0])
+        .chain_update(req.request_id.as_bytes())
+        .chain_update([0])
+        .chain_update((index as u32).to_be_bytes())
+        .finalize();
+    let win_id: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    let (kind, sku) = match &prize.kind {
+        PrizeKind::Cash { .. } => ("cash", None),
+        PrizeKind::Coupon { sku } => ("coupon", Some(sku.clone())),
+    };
+    WinView { win_id, prize: prize.id.to_string(), kind: kind.into(), amount_cents, sku, at: format_ms(at_ms), at_ms }
+}

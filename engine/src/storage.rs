@@ -1,0 +1,297 @@
+//! Durable state in RocksDB, written through one group-commit thread.
+//!
+//! Every draw that changes state becomes one atomic batch (request record, user standing, wins,
+//! pending deliveries, counter increments). Batches queue on a bounded channel to a single
+//! writer thread, which folds whatever is waiting into one `WriteBatch` and writes it with
+//! `sync = true`: one fsync covers every draw in the group, so durability costs one disk flush
+//! per group rather than per draw, and no draw waits on a lock while another one is on disk.
+//!
+//! Column families: `requests` (idempotency records), `users` (standings), `wins`,
+//! `deliveries` (pending records for the delivery work), `counters` (issued per prize and
+//! occurrence, summed by a merge operator), `meta` (published configs).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+
+use quota::draw::UserStanding;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, MergeOperands, Options,
+    WriteBatch, WriteOptions, DB,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most draws folded into one group commit.
+pub const MAX_GROUP: usize = 4096;
+/// Most draws waiting for the writer; senders wait (back-pressure) beyond it.
+pub const COMMIT_QUEUE: usize = 16_384;
+
+/// A storage failure; the request that hit it changed nothing.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("storage: {0}")]
+pub struct StorageError(pub String);
+
+impl From<rocksdb::Error> for StorageError {
+    fn from(e: rocksdb::Error) -> Self {
+        StorageError(e.into_string())
+    }
+}
+
+/// The column families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cf {
+    /// `user \0 request_id` → the response body that was sent.
+    Requests,
+    /// `r \0 round \0 user` → round standing; `c \0 campaign \0 user` → campaign standing.
+    Users,
+    /// `user \0 at_ms(be) win_id` → win record JSON.
+    Wins,
+    /// `win_id` → delivery record JSON.
+    Deliveries,
+    /// `prize \0 occurrence(be)` → issued (u64 LE, merged by addition).
+    Counters,
+    /// Configs and bookkeeping.
+    Meta,
+}
+
+const CFS: [(Cf, &str); 6] = [
+    (Cf::Requests, "requests"),
+    (Cf::Users, "users"),
+    (Cf::Wins, "wins"),
+    (Cf::Deliveries, "deliveries"),
+    (Cf::Counters, "counters"),
+    (Cf::Meta, "meta"),
+];
+
+fn handle(db: &DB, cf: Cf) -> &ColumnFamily {
+    // CFS lists the families in declaration order, so the discriminant indexes it.
+    db.cf_handle(CFS[cf as usize].1).expect("column families are created at open")
+}
+
+/// One write in a batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Set a key.
+    Put(Cf, Vec<u8>, Vec<u8>),
+    /// Add a u64 (LE) to a counter.
+    Add(Cf, Vec<u8>, u64),
+}
+
+struct Job {
+    ops: Vec<Op>,
+    done: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// The engine's durable store.
+pub struct Storage {
+    db: Arc<DB>,
+    writer: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("path", &self.db.path()).finish()
+    }
+}
+
+fn add_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let mut sum = existing.map_or(0, decode_u64);
+    for op in operands {
+        sum = sum.saturating_add(decode_u64(op));
+    }
+    Some(sum.to_le_bytes().to_vec())
+}
+
+/// Decodes a u64 stored little-endian (0 for a malformed value).
+pub fn decode_u64(b: &[u8]) -> u64 {
+    b.try_into().map_or(0, u64::from_le_bytes)
+}
+
+impl Storage {
+    /// Opens (creating if needed) the store in `dir` and starts its writer thread.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageError(format!("{}: {e}", dir.display())))?;
+        let cache = Cache::new_lru_cache(128 << 20);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.increase_parallelism(2);
+        // Bounds memtable memory across all column families.
+        db_opts.set_db_write_buffer_size(256 << 20);
+        db_opts.set_max_total_wal_size(512 << 20);
+
+        let descriptors = CFS.iter().map(|(cf, name)| {
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&table);
+            o.set_write_buffer_size(64 << 20);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if *cf == Cf::Counters {
+                o.set_merge_operator_associative("add_u64", add_merge);
+            }
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = Arc::new(DB::open_cf_descriptors(&db_opts, dir, descriptors)?);
+        let (writer, rx) = mpsc::channel(COMMIT_QUEUE);
+        let db2 = db.clone();
+        thread::Builder::new()
+            .name("group-commit".into())
+            .spawn(move || group_commit(db2, rx))
+            .map_err(|e| StorageError(e.to_string()))?;
+        Ok(Storage { db, writer })
+    }
+
+    fn cf(&self, cf: Cf) -> &ColumnFamily {
+        handle(&self.db, cf)
+    }
+
+    /// Reads one key.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    /// Makes `ops` durable as one atomic batch; resolves once it is fsynced.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+        let (done, wait) = oneshot::channel();
+        self.writer
+            .send(Job { ops, done })
+            .await
+            .map_err(|_| StorageError("the writer has stopped".into()))?;
+        wait.await.map_err(|_| StorageError("the writer has stopped".into()))?
+    }
+
+    /// Makes `ops` durable from a blocking context (start-up, publishing).
+    pub fn commit_blocking(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+        write_group(&self.db, ops.iter())
+    }
+
+    /// Every key/value under `prefix`, at most `limit` of them, in key order.
+    pub fn scan_prefix(&self, cf: Cf, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(self.cf(cf), rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The stored response to `(user, request_id)`, if that request was answered before.
+    pub fn request(&self, user: &str, request_id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get(Cf::Requests, &request_key(user, request_id))
+    }
+
+    /// The user's standing in `round` (whatever occurrence it was last in) and `campaign`.
+    pub fn standing(&self, round: &str, campaign: &str, user: &str) -> Result<UserStanding, StorageError> {
+        let keys = [round_key(round, user), campaign_key(campaign, user)];
+        let cf = self.cf(Cf::Users);
+        let mut got = self.db.batched_multi_get_cf(cf, keys.iter(), false).into_iter();
+        let mut next = || -> Result<Option<Vec<u8>>, StorageError> {
+            Ok(got.next().transpose()?.flatten().map(|s| s.to_vec()))
+        };
+        let round_rec = next()?;
+        let campaign_rec = next()?;
+        let mut s = UserStanding::default();
+        if let Some(b) = round_rec.filter(|b| b.len() == 20) {
+            s.occurrence = Some(decode_u64(&b[0..8]));
+            s.first_draw_ms = Some(decode_u64(&b[8..16]));
+            s.round_wins = u32::from_le_bytes(b[16..20].try_into().unwrap_or_default());
+        }
+        if let Some(b) = campaign_rec.filter(|b| b.len() == 12) {
+            s.campaign_wins = u32::from_le_bytes(b[0..4].try_into().unwrap_or_default());
+            s.campaign_cash_cents = decode_u64(&b[4..12]);
+        }
+        Ok(s)
+    }
+
+    /// Every persisted counter: (prize, occurrence, issued).
+    pub fn counters(&self) -> Result<Vec<(String, u64, u64)>, StorageError> {
+        let mut out = Vec::new();
+        for (k, v) in self.scan_prefix(Cf::Counters, b"", usize::MAX)? {
+            if let Some(split) = k.iter().position(|&b| b == 0) {
+                if let (Ok(prize), Ok(occ)) = (std::str::from_utf8(&k[..split]), k[split + 1..].try_into()) {
+                    out.push((prize.to_string(), u64::from_be_bytes(occ), decode_u64(&v)));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Key of an idempotency record.
+pub fn request_key(user: &str, request_id: &str) -> Vec<u8> {
+    [user.as_bytes(), b"\0", request_id.as_bytes()].concat()
+}
+
+/// Key of a user's standing in a round.
+pub fn round_key(round: &str, user: &str) -> Vec<u8> {
+    [b"r\0", round.as_bytes(), b"\0", user.as_bytes()].concat()
+}
+
+/// Key of a user's standing in a campaign.
+pub fn campaign_key(campaign: &str, user: &str) -> Vec<u8> {
+    [b"c\0", campaign.as_bytes(), b"\0", user.as_bytes()].concat()
+}
+
+/// Key of a counter.
+pub fn counter_key(prize: &str, occurrence: u64) -> Vec<u8> {
+    [prize.as_bytes(), b"\0", &occurrence.to_be_bytes()].concat()
+}
+
+/// Key of a win, ordered by time within the user.
+pub fn win_key(user: &str, at_ms: u64, win_id: &str) -> Vec<u8> {
+    [user.as_bytes(), b"\0", &at_ms.to_be_bytes(), win_id.as_bytes()].concat()
+}
+
+/// The standing records to store for `s`.
+pub fn standing_ops(round: &str, campaign: &str, user: &str, s: &UserStanding) -> [Op; 2] {
+    let mut r = Vec::with_capacity(20);
+    r.extend_from_slice(&s.occurrence.unwrap_or(0).to_le_bytes());
+    r.extend_from_slice(&s.first_draw_ms.unwrap_or(0).to_le_bytes());
+    r.extend_from_slice(&s.round_wins.to_le_bytes());
+    let mut c = Vec::with_capacity(12);
+    c.extend_from_slice(&s.campaign_wins.to_le_bytes());
+    c.extend_from_slice(&s.campaign_cash_cents.to_le_bytes());
+    [Op::Put(Cf::Users, round_key(round, user), r), Op::Put(Cf::Users, campaign_key(campaign, user), c)]
+}
+
+fn write_group<'a>(db: &DB, ops: impl Iterator<Item = &'a Op>) -> Result<(), StorageError> {
+    let handles = CFS.map(|(cf, _)| handle(db, cf));
+    let mut batch = WriteBatch::default();
+    for op in ops {
+        match op {
+            Op::Put(cf, k, v) => batch.put_cf(handles[*cf as usize], k, v),
+            Op::Add(cf, k, n) => batch.merge_cf(handles[*cf as usize], k, n.to_le_bytes()),
+        }
+    }
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    Ok(db.write_opt(batch, &opts)?)
+}
+
+fn group_commit(db: Arc<DB>, mut rx: mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = write_group(&db, jobs.iter().flat_map(|j| j.ops.iter()));
+        if let Err(e) = &result {
+            tracing::error!(error = %e, draws = jobs.len(), "group commit failed");
+        }
+        for job in jobs.drain(..) {
+            let _ = job.done.send(result.clone());
+        }
+    }
+}
