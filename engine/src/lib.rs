@@ -10,6 +10,7 @@
 //! - [`service`]: the draw: per-user lock → idempotency check → plan → durable commit → answer.
 //! - [`storage`]: RocksDB column families and the group-commit writer.
 //! - [`userlock`]: per-user serialization without a global lock.
+//! - [`cache`]: the bounded in-process cache of user standings.
 //! - [`metrics`]: Prometheus text metrics.
 //! - [`error`]: the API error type.
 //! - [`client`]: a small keep-alive HTTP client (load tool and tests).
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod api;
+pub mod cache;
 pub mod client;
 pub mod error;
 pub mod load;

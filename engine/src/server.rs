@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+use crate::cache::StandingCache;
 use crate::metrics::Metrics;
 use crate::service::DrawService;
 use crate::storage::{Cf, Op, Storage};
@@ -97,6 +98,7 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         book,
         storage,
         locks: UserLocks::default(),
+        standings: StandingCache::new(crate::cache::DEFAULT_CAPACITY),
         metrics: Metrics::default(),
         clock,
         seed: settings.seed,

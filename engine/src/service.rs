@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use warp::http::StatusCode;
 
+use crate::cache::StandingCache;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::storage::{counter_key, request_key, standing_ops, win_key, Cf, Op, Storage};
@@ -135,6 +136,8 @@ pub struct DrawService {
     pub storage: Arc<Storage>,
     /// Per-user serialization.
     pub locks: UserLocks,
+    /// Standings of recent users.
+    pub standings: StandingCache,
     /// Metrics.
     pub metrics: Metrics,
     /// Time.
@@ -175,7 +178,11 @@ impl DrawService {
             self.metrics.replays.fetch_add(1, Relaxed);
             return Ok(stored);
         }
-        let standing = self.storage.standing(round.id.as_str(), campaign.id.as_str(), &req.user).map_err(ApiError::unavailable)?;
+        let (round_key, campaign_key) = (round.id.as_str(), campaign.id.as_str());
+        let standing = match self.standings.get(round_key, campaign_key, &req.user) {
+            Some(s) => s,
+            None => self.storage.standing(round_key, campaign_key, &req.user).map_err(ApiError::unavailable)?,
+        };
         let now_ms = self.clock.now_ms();
         let mut rng = SmallRng::seed_from_u64(self.seed ^ fnv1a(req.user.as_bytes()) ^ fnv1a(req.request_id.as_bytes()).rotate_left(17));
         let plan = quota::draw::plan(snapshot, &self.store, &self.book, round, &req.user, standing, req.shakes, now_ms, &mut rng);
@@ -247,6 +254,7 @@ impl DrawService {
             self.metrics.storage_errors.fetch_add(1, Relaxed);
             return Err(ApiError::unavailable(e));
         }
+        self.standings.put(round_key, campaign_key, &req.user, &standing);
         self.metrics.draws[outcome_index].fetch_add(1, Relaxed);
         for w in &plan.wins {
             self.metrics.win(&round.prizes[w.prize].id);
