@@ -140,6 +140,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     };
     let prefix = args.user_prefix.clone().unwrap_or_else(|| format!("load{:x}", rand::random::<u32>()));
 
+    let rss_before = resident(&mut conn).await;
     let healthz = if args.compare_healthz { Some(phase(&args, addr, Phase::Healthz, &round, &prefix).await?) } else { None };
     let draws = phase(&args, addr, Phase::Draw, &round, &prefix).await?;
 
@@ -161,6 +162,16 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         report["ratio"] = ratio.into();
     }
 
+    if let (Some(before), Some(after)) = (rss_before, resident(&mut conn).await) {
+        println!("engine resident memory: {:.1} MiB before, {:.1} MiB after", before as f64 / 1048576.0, after as f64 / 1048576.0);
+        report["rss_before"] = before.into();
+        report["rss_after"] = after.into();
+        if args.distinct_users && draws.ok > 0 {
+            let per_user = after as f64 / draws.ok as f64;
+            println!("resident bytes per distinct user: {per_user:.1} (whole process / {} users)", draws.ok);
+            report["rss_bytes_per_user"] = per_user.into();
+        }
+    }
     let failures = check(&mut conn, &round, &draws, args.verify_users).await?;
     for f in &failures {
         println!("CHECK FAILED: {f}");
@@ -173,6 +184,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         println!("{report}");
     }
     Ok(if failures.is_empty() && draws.ok > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn resident(conn: &mut Conn) -> Option<u64> {
+    let text = conn.get("/metrics").await.ok()?.body;
+    let text = std::str::from_utf8(&text).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("process_resident_memory_bytes ")).and_then(|v| v.trim().parse().ok())
 }
 
 fn line(p: &PhaseResult) -> String {

@@ -102,9 +102,21 @@ impl Metrics {
         let _ = writeln!(out, "redrain_config_seq {seq}");
         out.push_str("# HELP redrain_users_in_flight Users with a draw running.\n# TYPE redrain_users_in_flight gauge\n");
         let _ = writeln!(out, "redrain_users_in_flight {users_in_flight}");
+        if let Some(rss) = resident_bytes() {
+            out.push_str("# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\n");
+            let _ = writeln!(out, "process_resident_memory_bytes {rss}");
+        }
         out.push_str("# HELP redrain_request_seconds Request latency.\n# TYPE redrain_request_seconds histogram\n");
         self.draw_latency.render(&mut out, "redrain_request_seconds", "route=\"draw\"");
         self.other_latency.render(&mut out, "redrain_request_seconds", "route=\"other\"");
         out
     }
+}
+
+/// Resident memory of this process, from `/proc/self/statm` (Linux).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // The page size is 4 KiB on the Linux targets this engine runs on (x86-64 and arm64 defaults).
+    Some(pages * 4096)
 }
