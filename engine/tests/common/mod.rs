@@ -1,0 +1,325 @@
+//! Helpers shared by the engine's integration tests: an in-process server driven by a
+//! [`ManualClock`], small HTTP helpers over [`redrain::client::Conn`], and config snippets.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::Method;
+use quota::clock::{Clock, ManualClock};
+use quota::store::NodeShare;
+use redrain::client::{Conn, Reply};
+use redrain::server::{self, App, Settings};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The admin token of every test server.
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// The seed of every in-process server.
+pub const SEED: u64 = 7;
+
+/// Milliseconds since the epoch of an RFC 3339 time.
+pub fn ms(rfc3339: &str) -> u64 {
+    humantime::parse_rfc3339(rfc3339).expect("valid RFC 3339").duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A campaign spanning 2026..2036 with optional extra TOML lines (caps).
+pub fn campaign(id: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[campaigns]]
+id = "{id}"
+starts_at = "2026-01-01T00:00:00Z"
+ends_at = "2036-01-01T00:00:00Z"
+{extra}
+"#
+    )
+}
+
+/// A wallet partner `wallet` and a coupon partner `coupons`.
+pub const PARTNERS: &str = r#"
+[[partners]]
+id = "wallet"
+kind = "wallet"
+url = "http://127.0.0.1:9100/deliver"
+rate_per_s = 100000
+max_in_flight = 16
+timeout_ms = 1000
+
+[[partners]]
+id = "coupons"
+kind = "coupon"
+url = "http://127.0.0.1:9101/deliver"
+rate_per_s = 1000
+max_in_flight = 8
+timeout_ms = 1000
+"#;
+
+/// An always-live round (30-day occurrences from 2026-01-01, no stagger, a 30-day window).
+pub fn live_round(id: &str, campaign: &str, max_wins_per_user: u32, no_win_weight: u32) -> String {
+    format!(
+        r#"
+[[rounds]]
+id = "{id}"
+campaign = "{campaign}"
+starts_at = "2026-01-01T00:00:00Z"
+duration_s = 2592000
+every_s = 2592000
+participation_s = 2592000
+max_wins_per_user = {max_wins_per_user}
+no_win_weight = {no_win_weight}
+"#
+    )
+}
+
+/// A fixed-amount cash prize.
+pub fn cash_prize(id: &str, amount_cents: u64, quota: u64, rate_per_s: u32, weight: u32) -> String {
+    format!(
+        r#"
+[[rounds.prizes]]
+id = "{id}"
+kind = "cash"
+amount_cents = {amount_cents}
+partner = "wallet"
+quota = {quota}
+rate_per_s = {rate_per_s}
+weight = {weight}
+"#
+    )
+}
+
+/// A coupon prize.
+pub fn coupon_prize(id: &str, sku: &str, quota: u64, rate_per_s: u32, weight: u32) -> String {
+    format!(
+        r#"
+[[rounds.prizes]]
+id = "{id}"
+kind = "coupon"
+sku = "{sku}"
+partner = "coupons"
+quota = {quota}
+rate_per_s = {rate_per_s}
+weight = {weight}
+"#
+    )
+}
+
+/// A time inside every always-live round's occurrence (2030-01-01T00:00:00Z).
+pub fn t0() -> u64 {
+    ms("2030-01-01T00:00:00Z")
+}
+
+/// An engine served in-process on 127.0.0.1:0, with its time driven by a [`ManualClock`].
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    app: Option<Arc<App>>,
+    /// The engine's clock.
+    pub clock: Arc<ManualClock>,
+    /// Its config file.
+    pub config_path: PathBuf,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Writes `config` to `dir/config.toml` and serves a fresh engine on `dir/data`.
+    pub async fn with_config(dir: &Path, config: &str, clock_ms: u64) -> Server {
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+        Server::start(&config_path, &dir.join("data"), Arc::new(ManualClock::new(clock_ms))).await
+    }
+
+    /// Opens the data dir and serves it as the only node.
+    pub async fn start(config_path: &Path, data_dir: &Path, clock: Arc<ManualClock>) -> Server {
+        Server::start_with(config_path, data_dir, clock, NodeShare::default()).await
+    }
+
+    /// Opens the data dir and serves it as one node owning `share` of every quota and rate.
+    pub async fn start_with(config_path: &Path, data_dir: &Path, clock: Arc<ManualClock>, share: NodeShare) -> Server {
+        let settings = Settings {
+            config_path: config_path.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            admin_token: TOKEN.to_string(),
+            share,
+            seed: SEED,
+        };
+        let app = Arc::new(open(&settings, clock.clone()).await);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(
+            listener,
+            app.clone(),
+            async move {
+                let _ = rx.await;
+            },
+            Duration::from_secs(5),
+        ));
+        Server { addr, app: Some(app), clock, config_path: config_path.to_path_buf(), data_dir: data_dir.to_path_buf(), shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// The engine (for white-box looks; tests talk HTTP).
+    pub fn app(&self) -> &Arc<App> {
+        self.app.as_ref().unwrap()
+    }
+
+    /// A new keep-alive connection.
+    pub async fn conn(&self) -> Conn {
+        Conn::connect(self.addr).await.unwrap()
+    }
+
+    /// Signals shutdown and waits until the server has stopped and released the engine.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+        // Connection tasks may drop their clones of the App a moment after `run` returns; the
+        // reopen in `open` waits for the database to be released.
+        drop(self.app.take());
+    }
+
+    /// Stops the server and serves the same data dir again (the same config file), at the
+    /// clock's current time.
+    pub async fn restart(self) -> Server {
+        let (config_path, data_dir, clock, share) = (self.config_path.clone(), self.data_dir.clone(), self.clock.clone(), self.app().service.store.share());
+        self.stop().await;
+        Server::start_with(&config_path, &data_dir, clock, share).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// `server::open`, retried while RocksDB still reports the previous instance's lock: after the
+/// last `App` is dropped, the storage's group-commit thread closes the database on its own
+/// time and exposes no signal for it, so a reopen right after a stop may briefly see the lock.
+async fn open(settings: &Settings, clock: Arc<ManualClock>) -> App {
+    let clock: Arc<dyn Clock> = clock;
+    let mut last = None;
+    for _ in 0..200 {
+        let s = settings.clone();
+        let c = clock.clone();
+        match tokio::task::spawn_blocking(move || server::open(&s, c)).await.unwrap() {
+            Ok(app) => return app,
+            Err(e) if format!("{e:#}").to_lowercase().contains("lock") => {
+                if last.is_none() {
+                    eprintln!("the data dir is still locked by the stopped engine; retrying: {e:#}");
+                }
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(e) => panic!("open failed: {e:#}"),
+        }
+    }
+    panic!("the data dir stayed locked: {:#}", last.unwrap())
+}
+
+/// POSTs a draw.
+pub async fn draw(c: &mut Conn, round: &str, user: &str, request_id: &str, shakes: u32) -> Reply {
+    c.post_json(&format!("/v1/rounds/{round}/draw"), &json!({"user": user, "request_id": request_id, "shakes": shakes})).await.unwrap()
+}
+
+/// POSTs a draw that must answer 200; returns its JSON.
+pub async fn draw_ok(c: &mut Conn, round: &str, user: &str, request_id: &str, shakes: u32) -> Value {
+    let r = draw(c, round, user, request_id, shakes).await;
+    assert_eq!(r.status, 200, "draw {round}/{user}/{request_id}: {}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+/// GET that must answer 200; returns its JSON.
+pub async fn get_ok(c: &mut Conn, path: &str) -> Value {
+    let r = c.get(path).await.unwrap();
+    assert_eq!(r.status, 200, "GET {path}: {}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+/// `issued` of every prize of a round, by prize id.
+pub async fn issued(c: &mut Conn, round: &str) -> BTreeMap<String, u64> {
+    let v = get_ok(c, &format!("/v1/rounds/{round}")).await;
+    v["prizes"].as_array().unwrap().iter().map(|p| (p["id"].as_str().unwrap().to_string(), p["issued"].as_u64().unwrap())).collect()
+}
+
+/// A user's listed wins.
+pub async fn wins_of(c: &mut Conn, user: &str) -> Vec<Value> {
+    let v = get_ok(c, &format!("/v1/users/{user}/wins")).await;
+    assert_eq!(v["truncated"], json!(false));
+    v["wins"].as_array().unwrap().clone()
+}
+
+/// Every sample of /metrics, keyed by series (name with labels).
+pub async fn metrics(c: &mut Conn) -> HashMap<String, f64> {
+    let r = c.get("/metrics").await.unwrap();
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One series of a metrics map (0 when absent).
+pub fn metric(m: &HashMap<String, f64>, series: &str) -> f64 {
+    m.get(series).copied().unwrap_or(0.0)
+}
+
+/// The counters a draw can move: draws by outcome, wins by prize, replays, refusals, config seq.
+pub fn draw_counters(m: &HashMap<String, f64>) -> BTreeMap<String, u64> {
+    m.iter()
+        .filter(|(k, _)| {
+            ["redrain_draws_total", "redrain_wins_total", "redrain_draw_replays_total", "redrain_slot_refusals_total", "redrain_quota_refusals_total", "redrain_config_seq"]
+                .iter()
+                .any(|p| k.starts_with(p))
+        })
+        .map(|(k, v)| (k.clone(), *v as u64))
+        .collect()
+}
+
+/// Sum of `redrain_wins_total` over prizes.
+pub fn total_wins(m: &HashMap<String, f64>) -> u64 {
+    m.iter().filter(|(k, _)| k.starts_with("redrain_wins_total{")).map(|(_, v)| *v as u64).sum()
+}
+
+/// Sum of `redrain_draws_total` over outcomes.
+pub fn total_draws(m: &HashMap<String, f64>) -> u64 {
+    m.iter().filter(|(k, _)| k.starts_with("redrain_draws_total{")).map(|(_, v)| *v as u64).sum()
+}
+
+/// POSTs a config with a bearer token (`None`: no Authorization header).
+pub async fn publish(c: &mut Conn, body: &str, content_type: &str, token: Option<&str>) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", content_type)];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    c.send(Method::POST, "/admin/api/config", &headers, Bytes::from(body.to_string())).await.unwrap()
+}
+
+/// The live config's seq, read through the admin API.
+pub async fn config_seq(c: &mut Conn) -> u64 {
+    let auth = format!("Bearer {TOKEN}");
+    let r = c.send(Method::GET, "/admin/api/config", &[("authorization", &auth)], Bytes::new()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["seq"].as_u64().unwrap()
+}
+
+/// The wins array of a draw response.
+pub fn wins_in(v: &Value) -> Vec<Value> {
+    v["wins"].as_array().cloned().unwrap_or_default()
+}

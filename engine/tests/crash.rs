@@ -1,0 +1,303 @@
+//! The crash test: the real `redrain serve` binary is SIGKILLed under concurrent draws at varied
+//! moments and restarted on the same data dir, several times. After every restart, every win
+//! that was acknowledged with a 200 must be listed, no prize may be issued past its quota,
+//! `issued` must equal the wins actually stored, no user may be past a cap, and every
+//! acknowledged request id must replay byte for byte.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{campaign, cash_prize, coupon_prize, get_ok, issued, live_round, wins_of, PARTNERS, TOKEN};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use redrain::client::Conn;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::watch;
+
+const USERS: usize = 200;
+const ROUND_CAP: usize = 4;
+const CASH_CAP_CENTS: u64 = 250;
+const CASH_AMOUNT: u64 = 100;
+const QUOTAS: [(&str, u64); 2] = [("cash-w", 300), ("coupon-w", 100)];
+const TASKS: usize = 6;
+
+/// Win-heavy (80% of shakes pick a prize), small quotas, a round cap of 4 and a campaign cash
+/// cap of 250 cents (two 100-cent wins): 200 users can use the quotas up.
+fn config() -> String {
+    campaign("crash", &format!("max_cash_cents_per_user = {CASH_CAP_CENTS}"))
+        + PARTNERS
+        + &live_round("crash", "crash", ROUND_CAP as u32, 1)
+        + &cash_prize("cash-w", CASH_AMOUNT, QUOTAS[0].1, 1_000_000, 3)
+        + &coupon_prize("coupon-w", "latte", QUOTAS[1].1, 100_000, 1)
+}
+
+/// The engine child process; SIGKILLed when dropped, so a failing test leaves nothing running.
+struct Engine {
+    child: Child,
+    addr: SocketAddr,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Engine {
+    async fn start(config: &Path, data: &Path, log: &Path) -> Engine {
+        let log_file = std::fs::File::create(log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_redrain"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--data")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0", "--admin-token", TOKEN, "--seed", "1", "--threads", "2"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn redrain");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        // The binary prints one line once it listens; a deadline only guards against a hang.
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if stdout.read_line(&mut line).await.unwrap() == 0 {
+                    return None;
+                }
+                if let Some(rest) = line.trim().strip_prefix("redrain listening on http://") {
+                    return Some(rest.parse::<SocketAddr>().unwrap());
+                }
+            }
+        })
+        .await;
+        match addr {
+            Ok(Some(addr)) => Engine { child, addr, _stdout: stdout },
+            other => {
+                let _ = child.start_kill();
+                panic!("redrain did not start ({other:?}); its log:\n{}", std::fs::read_to_string(log).unwrap_or_default())
+            }
+        }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// One draw request: round "crash", a user, a request id, shakes.
+#[derive(Debug, Clone)]
+struct Req {
+    user: String,
+    request_id: String,
+    shakes: u32,
+}
+
+/// A win as acknowledged in a 200.
+#[derive(Debug, Clone)]
+struct AckedWin {
+    user: String,
+    win: Value,
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// Acknowledged requests and the exact body of their answer.
+    acked: HashMap<(String, String), (Req, Bytes)>,
+    /// Every win of an acknowledged answer (once per request).
+    wins: Vec<AckedWin>,
+    /// Requests whose answer never arrived (the engine died): retried after the restart.
+    unanswered: Vec<Req>,
+    /// Anything answered but not as it should be.
+    problems: Vec<String>,
+}
+
+impl Ledger {
+    fn record(&mut self, req: Req, body: Bytes) {
+        let key = (req.user.clone(), req.request_id.clone());
+        if let Some((_, earlier)) = self.acked.get(&key) {
+            if *earlier != body {
+                self.problems.push(format!(
+                    "{key:?} answered differently: {} then {}",
+                    String::from_utf8_lossy(earlier),
+                    String::from_utf8_lossy(&body)
+                ));
+            }
+            return;
+        }
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        for w in v["wins"].as_array().into_iter().flatten() {
+            self.wins.push(AckedWin { user: req.user.clone(), win: w.clone() });
+        }
+        self.acked.insert(key, (req, body));
+    }
+}
+
+async fn send(c: &mut Conn, req: &Req) -> Result<redrain::client::Reply, redrain::client::ClientError> {
+    c.post_json("/v1/rounds/crash/draw", &json!({"user": req.user, "request_id": req.request_id, "shakes": req.shakes})).await
+}
+
+/// One load task: draws until `stop`, retrying unanswered requests first, sometimes re-sending
+/// an acknowledged one (which must answer the same bytes).
+async fn load(addr: SocketAddr, cycle: usize, task: usize, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>, acks: Arc<watch::Sender<u64>>) {
+    let mut rng = SmallRng::seed_from_u64((cycle * 100 + task) as u64);
+    let mut c = match Conn::connect(addr).await {
+        Ok(c) => c,
+        Err(_) => return, // already killed
+    };
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let req = {
+            let mut l = ledger.lock().unwrap();
+            if let Some(r) = l.unanswered.pop() {
+                r
+            } else if rng.gen_ratio(1, 10) && !l.acked.is_empty() {
+                let i = rng.gen_range(0..l.acked.len());
+                l.acked.values().nth(i).unwrap().0.clone()
+            } else {
+                n += 1;
+                Req { user: format!("cu-{}", rng.gen_range(0..USERS)), request_id: format!("c{cycle}-t{task}-{n}"), shakes: rng.gen_range(1..=3) }
+            }
+        };
+        match send(&mut c, &req).await {
+            Ok(r) if r.status == 200 => {
+                ledger.lock().unwrap().record(req, r.body);
+                acks.send_modify(|n| *n += 1);
+            }
+            Ok(r) => ledger.lock().unwrap().problems.push(format!("{req:?}: {} {}", r.status, String::from_utf8_lossy(&r.body))),
+            Err(_) => {
+                // The engine was killed with this request in flight: it may or may not be
+                // durable. Retry it, same id, after the restart.
+                ledger.lock().unwrap().unanswered.push(req);
+                break;
+            }
+        }
+    }
+}
+
+/// Checks the durable state against everything acknowledged; returns `issued` by prize.
+async fn verify(addr: SocketAddr, ledger: &Mutex<Ledger>, when: &str) -> BTreeMap<String, u64> {
+    let mut c = Conn::connect(addr).await.unwrap();
+    let issued = issued(&mut c, "crash").await;
+    let round = get_ok(&mut c, "/v1/rounds/crash").await;
+    let quotas: HashMap<&str, u64> = QUOTAS.into_iter().collect();
+    for p in round["prizes"].as_array().unwrap() {
+        assert_eq!(p["quota"].as_u64(), Some(quotas[p["id"].as_str().unwrap()]), "{when}: {p}");
+    }
+
+    // Every user's listed wins: unique ids, within the caps; counted per prize.
+    let mut listed: HashMap<String, HashMap<String, Value>> = HashMap::new();
+    let mut per_prize: BTreeMap<String, u64> = BTreeMap::new();
+    let mut all_ids = HashSet::new();
+    for u in 0..USERS {
+        let user = format!("cu-{u}");
+        let wins = wins_of(&mut c, &user).await;
+        assert!(wins.len() <= ROUND_CAP, "{when}: {user} has {} wins, past the round cap of {ROUND_CAP}: {wins:?}", wins.len());
+        let cash: u64 = wins.iter().filter_map(|w| w["amount_cents"].as_u64()).sum();
+        assert!(cash <= CASH_CAP_CENTS, "{when}: {user} has {cash} cents, past the cap of {CASH_CAP_CENTS}");
+        for w in wins {
+            let id = w["win_id"].as_str().unwrap().to_string();
+            assert!(all_ids.insert(id.clone()), "{when}: win {id} listed twice");
+            *per_prize.entry(w["prize"].as_str().unwrap().to_string()).or_default() += 1;
+            listed.entry(user.clone()).or_default().insert(id, w);
+        }
+    }
+
+    for (prize, quota) in QUOTAS {
+        let n = issued.get(prize).copied().unwrap_or(0);
+        assert!(n <= quota, "{when}: {prize} issued {n}, past its quota {quota}");
+        assert_eq!(n, per_prize.get(prize).copied().unwrap_or(0), "{when}: {prize}: issued differs from the wins stored");
+    }
+
+    // Every acknowledged win is durable, as it was answered; every acknowledged answer replays.
+    let (wins, acked): (Vec<AckedWin>, Vec<(Req, Bytes)>) = {
+        let l = ledger.lock().unwrap();
+        assert!(l.problems.is_empty(), "{when}: {:#?}", l.problems);
+        (l.wins.clone(), l.acked.values().cloned().collect())
+    };
+    for a in &wins {
+        let id = a.win["win_id"].as_str().unwrap();
+        let Some(l) = listed.get(&a.user).and_then(|m| m.get(id)) else {
+            panic!("{when}: acknowledged win {} of {} is lost", a.win, a.user);
+        };
+        for f in ["prize", "kind", "amount_cents", "sku", "at_ms"] {
+            assert_eq!(l[f], a.win[f], "{when}: field {f} of acknowledged win {}", a.win);
+        }
+    }
+    for (req, body) in acked.iter().take(300) {
+        let r = send(&mut c, req).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, *body, "{when}: {req:?} replayed differently");
+    }
+    issued
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_wins_survive_sigkill_and_quotas_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("crash.toml");
+    std::fs::write(&config_path, config()).unwrap();
+    let data = dir.path().join("data");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+
+    // Kill after this many acknowledged answers in each cycle: at once, early, later, and
+    // (the last cycles) while the quotas run out.
+    let kill_after = [0u64, 3, 40, 1, 90, 15, 150, 250, 7, 400];
+    let mut killed_with_unanswered = 0;
+    for (cycle, &k) in kill_after.iter().enumerate() {
+        let engine = Engine::start(&config_path, &data, &dir.path().join(format!("log-{cycle}.txt"))).await;
+        let issued = verify(engine.addr, &ledger, &format!("after start {cycle}")).await;
+        eprintln!("cycle {cycle}: issued {issued:?}, {} answers acknowledged so far", ledger.lock().unwrap().acked.len());
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (acks, mut acked) = watch::channel(0u64);
+        let acks = Arc::new(acks);
+        let tasks: Vec<_> = (0..TASKS).map(|t| tokio::spawn(load(engine.addr, cycle, t, ledger.clone(), stop.clone(), acks.clone()))).collect();
+        tokio::time::timeout(Duration::from_secs(60), acked.wait_for(|n| *n >= k)).await.expect("the load stalled").unwrap();
+        engine.kill().await;
+        stop.store(true, Ordering::SeqCst);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        if !ledger.lock().unwrap().unanswered.is_empty() {
+            killed_with_unanswered += 1;
+        }
+    }
+    assert!(killed_with_unanswered >= 3, "only {killed_with_unanswered} kills caught requests in flight");
+
+    // A last start: check, then draw until the quotas are gone, and check they are exact.
+    let engine = Engine::start(&config_path, &data, &dir.path().join("log-final.txt")).await;
+    verify(engine.addr, &ledger, "after the last start").await;
+    let mut c = Conn::connect(engine.addr).await.unwrap();
+    'drain: for pass in 0..6 {
+        for u in 0..USERS {
+            let req = Req { user: format!("cu-{u}"), request_id: format!("final-{pass}"), shakes: 20 };
+            let r = send(&mut c, &req).await.unwrap();
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            ledger.lock().unwrap().record(req, r.body);
+            if u % 20 == 19 && issued(&mut c, "crash").await.values().sum::<u64>() == QUOTAS.iter().map(|q| q.1).sum::<u64>() {
+                break 'drain;
+            }
+        }
+    }
+    let issued = verify(engine.addr, &ledger, "at the end").await;
+    assert_eq!(issued, QUOTAS.iter().map(|(p, q)| (p.to_string(), *q)).collect::<BTreeMap<_, _>>(), "the quotas are used up exactly");
+    let m = common::metrics(&mut c).await;
+    assert_eq!(common::metric(&m, "redrain_storage_errors_total"), 0.0);
+    engine.kill().await;
+}
