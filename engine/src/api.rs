@@ -29,50 +29,82 @@ pub const MAX_LISTED_WINS: usize = 1000;
 type Reply = Response<warp::hyper::body::Bytes>;
 
 /// Every route of the engine.
-pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response<warp::hyper::body::Bytes>,), Error = Infallible> + Clone {
+pub fn routes(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Response<warp::hyper::body::Bytes>,), Error = Infallible> + Clone {
     let with_app = warp::any().map(move || app.clone());
 
     let draw = warp::path!("v1" / "rounds" / String / "draw")
         .and(warp::post())
         .and(with_app.clone())
         .and(body_limited(MAX_DRAW_BODY))
-        .then(|round: String, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
-            let started = Instant::now();
-            let reply = draw(&app, &round, body).await;
-            app.service.metrics.draw_latency.observe(started.elapsed());
-            reply
+        .then(
+            |round: String, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
+                let started = Instant::now();
+                let reply = draw(&app, &round, body).await;
+                app.service.metrics.draw_latency.observe(started.elapsed());
+                reply
+            },
+        );
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()));
+    let rounds = warp::path!("v1" / "rounds")
+        .and(warp::get())
+        .and(with_app.clone())
+        .map(|app: Arc<App>| timed(&app, || list_rounds(&app)));
+    let round = warp::path!("v1" / "rounds" / String)
+        .and(warp::get())
+        .and(with_app.clone())
+        .map(|id: String, app: Arc<App>| timed(&app, || show_round(&app, &id)));
+    let wins = warp::path!("v1" / "users" / String / "wins")
+        .and(warp::get())
+        .and(with_app.clone())
+        .map(|user: String, app: Arc<App>| timed(&app, || user_wins(&app, &user)));
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_app.clone())
+        .map(|app: Arc<App>| {
+            let svc = &app.service;
+            let text = svc
+                .metrics
+                .render(svc.snapshot().seq.0, svc.locks.in_flight());
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(Bytes::from(text))
+                .expect("static headers are valid")
         });
-    let healthz = warp::path!("healthz").and(warp::get()).map(|| json_reply(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()));
-    let rounds = warp::path!("v1" / "rounds").and(warp::get()).and(with_app.clone()).map(|app: Arc<App>| timed(&app, || list_rounds(&app)));
-    let round = warp::path!("v1" / "rounds" / String).and(warp::get()).and(with_app.clone()).map(|id: String, app: Arc<App>| timed(&app, || show_round(&app, &id)));
-    let wins = warp::path!("v1" / "users" / String / "wins").and(warp::get()).and(with_app.clone()).map(|user: String, app: Arc<App>| timed(&app, || user_wins(&app, &user)));
-    let metrics = warp::path!("metrics").and(warp::get()).and(with_app.clone()).map(|app: Arc<App>| {
-        let svc = &app.service;
-        let text = svc.metrics.render(svc.snapshot().seq.0, svc.locks.in_flight());
-        Response::builder()
-            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-            .body(Bytes::from(text))
-            .expect("static headers are valid")
-    });
-    let admin = warp::path("admin").and(warp::path("api")).and(warp::header::optional::<String>("authorization")).and(with_app.clone());
-    let get_config = admin.clone().and(warp::path!("config")).and(warp::get()).map(|auth: Option<String>, app: Arc<App>| {
-        timed(&app, || {
-            authorize(&app, auth.as_deref())?;
-            let snap = app.service.snapshot();
-            json_ok(&json!({"seq": snap.seq.0, "config": snap.config.raw}))
-        })
-    });
+    let admin = warp::path("admin")
+        .and(warp::path("api"))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_app.clone());
+    let get_config = admin
+        .clone()
+        .and(warp::path!("config"))
+        .and(warp::get())
+        .map(|auth: Option<String>, app: Arc<App>| {
+            timed(&app, || {
+                authorize(&app, auth.as_deref())?;
+                let snap = app.service.snapshot();
+                json_ok(&json!({"seq": snap.seq.0, "config": snap.config.raw}))
+            })
+        });
     let post_config = admin
         .and(warp::path!("config"))
         .and(warp::post())
         .and(warp::header::optional::<String>("content-type"))
         .and(body_limited(MAX_CONFIG_BODY))
-        .map(|auth: Option<String>, app: Arc<App>, ctype: Option<String>, body: Result<Bytes, ApiError>| {
-            timed(&app, || {
-                authorize(&app, auth.as_deref())?;
-                publish(&app, ctype.as_deref(), &body?)
-            })
-        });
+        .map(
+            |auth: Option<String>,
+             app: Arc<App>,
+             ctype: Option<String>,
+             body: Result<Bytes, ApiError>| {
+                timed(&app, || {
+                    authorize(&app, auth.as_deref())?;
+                    publish(&app, ctype.as_deref(), &body?)
+                })
+            },
+        );
 
     draw.or(healthz)
         .unify()
@@ -134,7 +166,14 @@ fn round_view<'a>(config: &'a Config, r: &'a Round, now_ms: u64) -> RoundView<'a
     let (status, occ) = match r.status(campaign, now_ms) {
         RoundStatus::Upcoming(o) => ("upcoming", o),
         RoundStatus::Live(o) => ("live", o),
-        RoundStatus::Ended(o) => ("ended", o.unwrap_or(quota::schedule::Occurrence { index: 0, starts_at_ms: r.starts_at_ms, ends_at_ms: r.starts_at_ms + r.duration_ms })),
+        RoundStatus::Ended(o) => (
+            "ended",
+            o.unwrap_or(quota::schedule::Occurrence {
+                index: 0,
+                starts_at_ms: r.starts_at_ms,
+                ends_at_ms: r.starts_at_ms + r.duration_ms,
+            }),
+        ),
     };
     RoundView {
         id: r.id.as_str(),
@@ -156,13 +195,21 @@ fn round_view<'a>(config: &'a Config, r: &'a Round, now_ms: u64) -> RoundView<'a
 fn list_rounds(app: &App) -> Result<Reply, ApiError> {
     let snap = app.service.snapshot();
     let now = app.service.clock.now_ms();
-    let rounds: Vec<_> = snap.config.rounds.iter().map(|r| round_view(&snap.config, r, now)).collect();
+    let rounds: Vec<_> = snap
+        .config
+        .rounds
+        .iter()
+        .map(|r| round_view(&snap.config, r, now))
+        .collect();
     json_ok(&json!({"seq": snap.seq.0, "rounds": rounds}))
 }
 
 fn show_round(app: &App, id: &str) -> Result<Reply, ApiError> {
     let snap = app.service.snapshot();
-    let round = snap.config.round(id).ok_or_else(|| ApiError::not_found("round", id))?;
+    let round = snap
+        .config
+        .round(id)
+        .ok_or_else(|| ApiError::not_found("round", id))?;
     let view = round_view(&snap.config, round, app.service.clock.now_ms());
     let issued = app.service.issued(round, view.occurrence);
     let share = app.service.store.share();
@@ -203,12 +250,20 @@ fn show_round(app: &App, id: &str) -> Result<Reply, ApiError> {
 fn user_wins(app: &App, user: &str) -> Result<Reply, ApiError> {
     check_id(user).map_err(|e| ApiError::field("user", e.to_string()))?;
     let prefix = [user.as_bytes(), b"\0"].concat();
-    let rows = app.service.storage.scan_prefix(Cf::Wins, &prefix, MAX_LISTED_WINS + 1).map_err(ApiError::unavailable)?;
+    let rows = app
+        .service
+        .storage
+        .scan_prefix(Cf::Wins, &prefix, MAX_LISTED_WINS + 1)
+        .map_err(ApiError::unavailable)?;
     let truncated = rows.len() > MAX_LISTED_WINS;
     let mut wins = Vec::with_capacity(rows.len());
     for (_, v) in rows.into_iter().take(MAX_LISTED_WINS) {
         let rec: WinRecord = serde_json::from_slice(&v).map_err(ApiError::internal)?;
-        let delivery = app.service.storage.get(Cf::Deliveries, rec.view.win_id.as_bytes()).map_err(ApiError::unavailable)?;
+        let delivery = app
+            .service
+            .storage
+            .get(Cf::Deliveries, rec.view.win_id.as_bytes())
+            .map_err(ApiError::unavailable)?;
         let status = delivery
             .and_then(|d| serde_json::from_slice::<crate::service::DeliveryRecord>(&d).ok())
             .map_or_else(|| "pending".to_string(), |d| d.state);
@@ -222,28 +277,54 @@ fn user_wins(app: &App, user: &str) -> Result<Reply, ApiError> {
 }
 
 fn authorize(app: &App, header_value: Option<&str>) -> Result<(), ApiError> {
-    let presented = header_value.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    let presented = header_value
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     if constant_time_eq(presented.as_bytes(), app.admin_token.as_bytes()) {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the admin API needs `Authorization: Bearer <token>`"))
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin API needs `Authorization: Bearer <token>`",
+        ))
     }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && !b.is_empty() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && !b.is_empty()
+        && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn publish(app: &App, content_type: Option<&str>, body: &[u8]) -> Result<Reply, ApiError> {
     let parsed = if content_type.is_some_and(|c| c.starts_with("application/json")) {
         Config::from_json(body)
     } else {
-        let text = std::str::from_utf8(body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "malformed_toml", "the config must be UTF-8 TOML or application/json"))?;
+        let text = std::str::from_utf8(body).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_toml",
+                "the config must be UTF-8 TOML or application/json",
+            )
+        })?;
         Config::from_toml(text)
     };
-    let config = parsed.map_err(|e| ApiError { errors: e.errors.clone(), ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", e.to_string()) })?;
+    let config = parsed.map_err(|e| ApiError {
+        errors: e.errors.clone(),
+        ..ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            e.to_string(),
+        )
+    })?;
     let snap = crate::server::publish(&app.service, config, None).map_err(|e| match e {
-        quota::store::PublishError::QuotaBelowIssued { ref field, .. } => ApiError { field: Some(field.clone()), ..ApiError::new(StatusCode::CONFLICT, "quota_below_issued", e.to_string()) },
+        quota::store::PublishError::QuotaBelowIssued { ref field, .. } => ApiError {
+            field: Some(field.clone()),
+            ..ApiError::new(StatusCode::CONFLICT, "quota_below_issued", e.to_string())
+        },
         quota::store::PublishError::Persist(_) => ApiError::unavailable(e),
     })?;
     tracing::info!(seq = snap.seq.0, "config published");
@@ -251,26 +332,57 @@ fn publish(app: &App, content_type: Option<&str>, body: &[u8]) -> Result<Reply, 
 }
 
 /// Reads a body of at most `limit` bytes, whether or not it declares its length.
-fn body_limited(limit: usize) -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = Rejection> + Clone {
+/// How many times its limit an oversized body is read and dropped before the 413.
+const DRAIN_FACTOR: u64 = 4;
+
+fn body_limited(
+    limit: usize,
+) -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
         .then(move |declared: Option<u64>, stream| read_limited(declared, stream, limit))
 }
 
-async fn read_limited<S, B>(declared: Option<u64>, stream: S, limit: usize) -> Result<Bytes, ApiError>
+async fn read_limited<S, B>(
+    declared: Option<u64>,
+    stream: S,
+    limit: usize,
+) -> Result<Bytes, ApiError>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body must be at most {limit} bytes"));
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body must be at most {limit} bytes"),
+        )
+    };
+    // An oversized body is read and dropped, up to a bound, before the 413 goes out: a
+    // client still writing its body would otherwise see the connection reset instead of the
+    // answer. Past the bound the connection is simply closed after the 413.
+    let drain_budget = limit as u64 * DRAIN_FACTOR;
+    let mut stream = std::pin::pin!(stream);
     if declared.is_some_and(|n| n > limit as u64) {
+        if declared.is_some_and(|n| n <= drain_budget) {
+            while let Some(Ok(_)) = stream.next().await {}
+        }
         return Err(too_large());
     }
-    let mut stream = std::pin::pin!(stream);
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
     while let Some(chunk) = stream.next().await {
-        let mut chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", e.to_string()))?;
+        let mut chunk = chunk.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", e.to_string())
+        })?;
         if body.len() + chunk.remaining() > limit {
+            let mut seen = (body.len() + chunk.remaining()) as u64;
+            while seen <= drain_budget {
+                match stream.next().await {
+                    Some(Ok(c)) => seen += c.remaining() as u64,
+                    _ => break,
+                }
+            }
             return Err(too_large());
         }
         while chunk.has_remaining() {
@@ -287,9 +399,17 @@ async fn rejection(r: Rejection) -> Result<Reply, Infallible> {
     let e = if r.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
     } else if let Some(h) = r.find::<warp::reject::InvalidHeader>() {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_header", format!("header {} is invalid", h.name()))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            format!("header {} is invalid", h.name()),
+        )
     } else {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{r:?}"))
     };
@@ -297,7 +417,10 @@ async fn rejection(r: Rejection) -> Result<Reply, Infallible> {
 }
 
 fn json_ok<T: Serialize>(v: &T) -> Result<Reply, ApiError> {
-    Ok(json_reply(StatusCode::OK, serde_json::to_vec(v).map_err(ApiError::internal)?))
+    Ok(json_reply(
+        StatusCode::OK,
+        serde_json::to_vec(v).map_err(ApiError::internal)?,
+    ))
 }
 
 fn json_reply(status: StatusCode, body: Vec<u8>) -> Reply {
@@ -312,7 +435,10 @@ fn json_reply(status: StatusCode, body: Vec<u8>) -> Reply {
 pub fn error_reply(e: &ApiError) -> Reply {
     let mut reply = json_reply(e.status(), serde_json::to_vec(e).unwrap_or_default());
     if e.status == 401 {
-        reply.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        reply.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
     }
     reply
 }

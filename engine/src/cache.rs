@@ -32,7 +32,10 @@ pub struct StandingCache {
 
 impl std::fmt::Debug for StandingCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StandingCache").field("rounds", &self.rounds.len()).field("campaigns", &self.campaigns.len()).finish()
+        f.debug_struct("StandingCache")
+            .field("rounds", &self.rounds.len())
+            .field("campaigns", &self.campaigns.len())
+            .finish()
     }
 }
 
@@ -47,7 +50,10 @@ fn key(scope: &str, user: &str) -> String {
 impl StandingCache {
     /// A cache of at most `capacity` entries per part.
     pub fn new(capacity: usize) -> Self {
-        Self { rounds: quick_cache::sync::Cache::new(capacity), campaigns: quick_cache::sync::Cache::new(capacity) }
+        Self {
+            rounds: quick_cache::sync::Cache::new(capacity),
+            campaigns: quick_cache::sync::Cache::new(capacity),
+        }
     }
 
     /// The cached standing of `user`, if both parts are cached.
@@ -65,7 +71,20 @@ impl StandingCache {
 
     /// Records `s` as `user`'s standing (call only once it is durable, under the user's lock).
     pub fn put(&self, round: &str, campaign: &str, user: &str, s: &UserStanding) {
-        self.rounds.insert(key(round, user), RoundPart { occurrence: s.occurrence, first_draw_ms: s.first_draw_ms, wins: s.round_wins });
-        self.campaigns.insert(key(campaign, user), CampaignPart { wins: s.campaign_wins, cash: Cents(s.campaign_cash_cents) });
+        self.rounds.insert(
+            key(round, user),
+            RoundPart {
+                occurrence: s.occurrence,
+                first_draw_ms: s.first_draw_ms,
+                wins: s.round_wins,
+            },
+        );
+        self.campaigns.insert(
+            key(campaign, user),
+            CampaignPart {
+                wins: s.campaign_wins,
+                cash: Cents(s.campaign_cash_cents),
+            },
+        );
     }
 }

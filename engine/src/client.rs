@@ -42,9 +42,13 @@ impl Reply {
 impl Conn {
     /// Connects to `addr`.
     pub async fn connect(addr: SocketAddr) -> Result<Self, ClientError> {
-        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| ClientError(format!("connect {addr}: {e}")))?;
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| ClientError(format!("connect {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| ClientError(e.to_string()))?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError(e.to_string()))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -52,16 +56,31 @@ impl Conn {
     }
 
     /// Sends one request and reads the whole response.
-    pub async fn send(&mut self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Result<Reply, ClientError> {
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, ClientError> {
         if self.sender.ready().await.is_err() {
             *self = Self::connect(self.addr).await?;
         }
-        let mut req = Request::builder().method(method).uri(path).header("host", self.addr.to_string());
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string());
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(body.into())).map_err(|e| ClientError(e.to_string()))?;
-        let resp = self.sender.send_request(req).await.map_err(|e| ClientError(e.to_string()))?;
+        let req = req
+            .body(Full::new(body.into()))
+            .map_err(|e| ClientError(e.to_string()))?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError(e.to_string()))?;
         let status = resp.status().as_u16();
         let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE)
             .collect()
@@ -77,8 +96,18 @@ impl Conn {
     }
 
     /// POST a JSON value to `path`.
-    pub async fn post_json(&mut self, path: &str, value: &serde_json::Value) -> Result<Reply, ClientError> {
+    pub async fn post_json(
+        &mut self,
+        path: &str,
+        value: &serde_json::Value,
+    ) -> Result<Reply, ClientError> {
         let body = serde_json::to_vec(value).map_err(|e| ClientError(e.to_string()))?;
-        self.send(Method::POST, path, &[("content-type", "application/json")], body).await
+        self.send(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
     }
 }

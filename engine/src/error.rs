@@ -25,27 +25,48 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status: status.as_u16(), code, message: message.into(), field: None, errors: Vec::new() }
+        Self {
+            status: status.as_u16(),
+            code,
+            message: message.into(),
+            field: None,
+            errors: Vec::new(),
+        }
     }
     /// 400 naming a field.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         let field = field.into();
         let message = format!("{field}: {}", message.into());
-        Self { field: Some(field), ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message) }
+        Self {
+            field: Some(field),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+        }
     }
     /// 404 for an unknown resource.
     pub fn not_found(what: &str, id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} with id {id:?}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {what} with id {id:?}"),
+        )
     }
     /// 500 whose detail is logged, not sent.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(%detail, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
     /// 503 when durable storage failed; nothing was changed.
     pub fn unavailable(detail: impl std::fmt::Display) -> Self {
         tracing::error!(%detail, "storage unavailable");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "could not make the request durable; nothing was drawn, retry with the same request_id")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "could not make the request durable; nothing was drawn, retry with the same request_id",
+        )
     }
     /// The status code.
     pub fn status(&self) -> StatusCode {
@@ -59,11 +80,35 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let code = if inner.is_syntax() || inner.is_eof() { "malformed_json" } else { "invalid_field" };
-        let mut err = if path == "." || path == "?" || path.is_empty() { ApiError::new(StatusCode::BAD_REQUEST, code, inner.to_string()) } else { ApiError::field(path, inner.to_string()) };
+        let code = if inner.is_syntax() || inner.is_eof() {
+            "malformed_json"
+        } else {
+            "invalid_field"
+        };
+        let message = inner.to_string();
+        // Missing and duplicate fields are reported by serde at the struct, not at the field:
+        // take the name from the message ("missing field `user` at line 1 column 20").
+        let path = if path == "." || path == "?" || path.is_empty() {
+            field_in_message(&message).unwrap_or_default()
+        } else {
+            path
+        };
+        let mut err = if path.is_empty() {
+            ApiError::new(StatusCode::BAD_REQUEST, code, message)
+        } else {
+            ApiError::field(path, message)
+        };
         err.code = code;
         err
     })?;
-    de.end().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
+    de.end()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
     Ok(value)
+}
+
+fn field_in_message(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("missing field `")
+        .or_else(|| message.strip_prefix("duplicate field `"))?;
+    rest.split('`').next().map(String::from)
 }

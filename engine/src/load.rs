@@ -116,8 +116,14 @@ impl PhaseResult {
 }
 
 fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
-    let hostport = target.strip_prefix("http://").unwrap_or(target).trim_end_matches('/');
-    hostport.to_socket_addrs()?.next().ok_or_else(|| anyhow!("cannot resolve {target}"))
+    let hostport = target
+        .strip_prefix("http://")
+        .unwrap_or(target)
+        .trim_end_matches('/');
+    hostport
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow!("cannot resolve {target}"))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -132,7 +138,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         bail!("--connections must be from 1 to 10000");
     }
     let addr = resolve(&args.target)?;
-    let mut conn = Conn::connect(addr).await.context("connecting to the engine")?;
+    let mut conn = Conn::connect(addr)
+        .await
+        .context("connecting to the engine")?;
     let round = match &args.round {
         Some(r) => r.clone(),
         None => {
@@ -144,10 +152,17 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
                 .ok_or_else(|| anyhow!("no live round; pass --round"))?
         }
     };
-    let prefix = args.user_prefix.clone().unwrap_or_else(|| format!("load{:x}", rand::random::<u32>()));
+    let prefix = args
+        .user_prefix
+        .clone()
+        .unwrap_or_else(|| format!("load{:x}", rand::random::<u32>()));
 
     let rss_before = resident(&mut conn).await;
-    let healthz = if args.compare_healthz { Some(phase(&args, addr, Phase::Healthz, &round, &prefix).await?) } else { None };
+    let healthz = if args.compare_healthz {
+        Some(phase(&args, addr, Phase::Healthz, &round, &prefix).await?)
+    } else {
+        None
+    };
     let draws = phase(&args, addr, Phase::Draw, &round, &prefix).await?;
 
     let mut report = json!({
@@ -159,7 +174,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         "wins_per_s": draws.wins.len() as f64 / draws.elapsed.as_secs_f64().max(1e-9),
     });
     println!("draws:   {}", line(&draws));
-    println!("outcomes: {:?}; wins {} ({:.0}/s)", draws.outcomes, draws.wins.len(), report["wins_per_s"].as_f64().unwrap_or(0.0));
+    println!(
+        "outcomes: {:?}; wins {} ({:.0}/s)",
+        draws.outcomes,
+        draws.wins.len(),
+        report["wins_per_s"].as_f64().unwrap_or(0.0)
+    );
     if let Some(h) = &healthz {
         println!("healthz: {}", line(h));
         let ratio = draws.throughput() / h.throughput().max(1e-9);
@@ -169,12 +189,19 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     }
 
     if let (Some(before), Some(after)) = (rss_before, resident(&mut conn).await) {
-        println!("engine resident memory: {:.1} MiB before, {:.1} MiB after", before as f64 / 1048576.0, after as f64 / 1048576.0);
+        println!(
+            "engine resident memory: {:.1} MiB before, {:.1} MiB after",
+            before as f64 / 1048576.0,
+            after as f64 / 1048576.0
+        );
         report["rss_before"] = before.into();
         report["rss_after"] = after.into();
         if args.distinct_users && draws.ok > 0 {
             let per_user = after as f64 / draws.ok as f64;
-            println!("resident bytes per distinct user: {per_user:.1} (whole process / {} users)", draws.ok);
+            println!(
+                "resident bytes per distinct user: {per_user:.1} (whole process / {} users)",
+                draws.ok
+            );
             report["rss_bytes_per_user"] = per_user.into();
         }
     }
@@ -183,19 +210,27 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         println!("CHECK FAILED: {f}");
     }
     if failures.is_empty() {
-        println!("checks: ok (issued ≤ quota, wins per 100 ms slot ≤ share, per-user caps, wins listed)");
+        println!(
+            "checks: ok (issued ≤ quota, wins per 100 ms slot ≤ share, per-user caps, wins listed)"
+        );
     }
     report["check_failures"] = failures.clone().into();
     if args.json {
         println!("{report}");
     }
-    Ok(if failures.is_empty() && draws.ok > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failures.is_empty() && draws.ok > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn resident(conn: &mut Conn) -> Option<u64> {
     let text = conn.get("/metrics").await.ok()?.body;
     let text = std::str::from_utf8(&text).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("process_resident_memory_bytes ")).and_then(|v| v.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn line(p: &PhaseResult) -> String {
@@ -221,12 +256,19 @@ fn summary(p: &PhaseResult) -> Value {
     })
 }
 
-async fn phase(args: &LoadArgs, addr: SocketAddr, kind: Phase, round: &str, prefix: &str) -> anyhow::Result<PhaseResult> {
+async fn phase(
+    args: &LoadArgs,
+    addr: SocketAddr,
+    kind: Phase,
+    round: &str,
+    prefix: &str,
+) -> anyhow::Result<PhaseResult> {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let next_user = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let per_conn_interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
+    let per_conn_interval = (args.rate > 0)
+        .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
     let mut tasks = Vec::with_capacity(args.connections);
     for c in 0..args.connections {
         let (stop, sent, next_user) = (stop.clone(), sent.clone(), next_user.clone());
@@ -300,13 +342,23 @@ async fn phase(args: &LoadArgs, addr: SocketAddr, kind: Phase, round: &str, pref
     }
     let bar = (!args.quiet).then(|| {
         let bar = indicatif::ProgressBar::new(args.duration.as_secs().max(1));
-        bar.set_style(indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len}s {msg}").expect("valid template"));
-        bar.set_prefix(if kind == Phase::Draw { "draw   " } else { "healthz" });
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len}s {msg}")
+                .expect("valid template"),
+        );
+        bar.set_prefix(if kind == Phase::Draw {
+            "draw   "
+        } else {
+            "healthz"
+        });
         bar
     });
     let mut last = 0;
     while started.elapsed() < args.duration && !tasks.iter().all(|t| t.is_finished()) {
-        tokio::time::sleep(Duration::from_millis(250).min(args.duration.saturating_sub(started.elapsed()))).await;
+        tokio::time::sleep(
+            Duration::from_millis(250).min(args.duration.saturating_sub(started.elapsed())),
+        )
+        .await;
         if let Some(bar) = &bar {
             let now = sent.load(Relaxed);
             bar.set_position(started.elapsed().as_secs());
@@ -326,7 +378,12 @@ async fn phase(args: &LoadArgs, addr: SocketAddr, kind: Phase, round: &str, pref
     Ok(total)
 }
 
-async fn check(conn: &mut Conn, round: &str, run: &PhaseResult, verify_users: usize) -> anyhow::Result<Vec<String>> {
+async fn check(
+    conn: &mut Conn,
+    round: &str,
+    run: &PhaseResult,
+    verify_users: usize,
+) -> anyhow::Result<Vec<String>> {
     let mut failures = Vec::new();
     let info = conn.get(&format!("/v1/rounds/{round}")).await?;
     if info.status != 200 {
@@ -336,11 +393,20 @@ async fn check(conn: &mut Conn, round: &str, run: &PhaseResult, verify_users: us
     let mut limits: HashMap<String, (u64, u32)> = HashMap::new();
     for p in info["prizes"].as_array().into_iter().flatten() {
         let id = p["id"].as_str().unwrap_or_default().to_string();
-        let (quota, issued) = (p["quota"].as_u64().unwrap_or(0), p["issued"].as_u64().unwrap_or(0));
+        let (quota, issued) = (
+            p["quota"].as_u64().unwrap_or(0),
+            p["issued"].as_u64().unwrap_or(0),
+        );
         if issued > quota {
             failures.push(format!("prize {id}: issued {issued} > quota {quota}"));
         }
-        limits.insert(id, (p["node_quota"].as_u64().unwrap_or(0), p["node_rate_per_s"].as_u64().unwrap_or(0) as u32));
+        limits.insert(
+            id,
+            (
+                p["node_quota"].as_u64().unwrap_or(0),
+                p["node_rate_per_s"].as_u64().unwrap_or(0) as u32,
+            ),
+        );
     }
 
     let mut per_occurrence: HashMap<(&str, u64), u64> = HashMap::new();
@@ -357,8 +423,12 @@ async fn check(conn: &mut Conn, round: &str, run: &PhaseResult, verify_users: us
     }
     for ((prize, occ), n) in &per_occurrence {
         match limits.get(*prize) {
-            Some((quota, _)) if n > quota => failures.push(format!("prize {prize} occurrence {occ}: {n} wins received > node quota {quota}")),
-            None => failures.push(format!("prize {prize} is not in round {round} any more; cannot check it")),
+            Some((quota, _)) if n > quota => failures.push(format!(
+                "prize {prize} occurrence {occ}: {n} wins received > node quota {quota}"
+            )),
+            None => failures.push(format!(
+                "prize {prize} is not in round {round} any more; cannot check it"
+            )),
             _ => {}
         }
     }
@@ -366,14 +436,18 @@ async fn check(conn: &mut Conn, round: &str, run: &PhaseResult, verify_users: us
         if let Some((_, rate)) = limits.get(*prize) {
             let share = slot_share(*rate, *slot);
             if *n > share {
-                failures.push(format!("prize {prize} slot {slot}: {n} wins > share {share} of {rate}/s"));
+                failures.push(format!(
+                    "prize {prize} slot {slot}: {n} wins > share {share} of {rate}/s"
+                ));
             }
         }
     }
     let cap = info["max_wins_per_user"].as_u64().unwrap_or(u64::MAX);
     for ((user, occ), n) in &per_user_round {
         if *n > cap {
-            failures.push(format!("user {user} occurrence {occ}: {n} wins > round cap {cap}"));
+            failures.push(format!(
+                "user {user} occurrence {occ}: {n} wins > round cap {cap}"
+            ));
         }
     }
 
@@ -383,11 +457,17 @@ async fn check(conn: &mut Conn, round: &str, run: &PhaseResult, verify_users: us
     }
     for (user, wins) in by_user.into_iter().take(verify_users) {
         let listed = conn.get(&format!("/v1/users/{user}/wins")).await?.json();
-        let listed: std::collections::HashSet<&str> =
-            listed["wins"].as_array().into_iter().flatten().filter_map(|w| w["win_id"].as_str()).collect();
+        let listed: std::collections::HashSet<&str> = listed["wins"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w["win_id"].as_str())
+            .collect();
         for id in wins {
             if !listed.contains(id) {
-                failures.push(format!("user {user}: win {id} was acknowledged but is not listed"));
+                failures.push(format!(
+                    "user {user}: win {id} was acknowledged but is not listed"
+                ));
             }
         }
     }

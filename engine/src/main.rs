@@ -13,7 +13,11 @@ use quota::store::NodeShare;
 use redrain::server::{self, Settings};
 
 #[derive(Parser)]
-#[command(name = "redrain", version, about = "Red-packet rain: prize draws, quotas and rates, durable wins")]
+#[command(
+    name = "redrain",
+    version,
+    about = "Red-packet rain: prize draws, quotas and rates, durable wins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,7 +68,9 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -91,11 +97,19 @@ fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn check_config(file: &PathBuf) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     match Config::from_toml(&text) {
         Ok(c) => {
             let prizes = c.prizes().count();
-            println!("{}: ok ({} campaigns, {} rounds, {} prizes, {} partners)", file.display(), c.campaigns.len(), c.rounds.len(), prizes, c.partners.len());
+            println!(
+                "{}: ok ({} campaigns, {} rounds, {} prizes, {} partners)",
+                file.display(),
+                c.campaigns.len(),
+                c.rounds.len(),
+                prizes,
+                c.partners.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -108,13 +122,22 @@ fn check_config(file: &PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let share = NodeShare::new(args.node_index, args.node_count)
-        .ok_or_else(|| anyhow::anyhow!("--node-index must be below --node-count (got {} of {})", args.node_index, args.node_count))?;
+    let share = NodeShare::new(args.node_index, args.node_count).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--node-index must be below --node-count (got {} of {})",
+            args.node_index,
+            args.node_count
+        )
+    })?;
     let admin_token = match args.admin_token {
         Some(t) if t.len() >= 16 => t,
         Some(_) => anyhow::bail!("--admin-token must be at least 16 characters"),
         None => {
-            let t = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+            let t = format!(
+                "{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            );
             tracing::warn!("no admin token set; using a random one for this run: {t}");
             t
         }

@@ -9,7 +9,10 @@ use parking_lot::RwLock;
 use quota::ids::PrizeId;
 
 /// Upper bounds of the latency buckets, in microseconds.
-const BUCKETS_US: [u64; 14] = [50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000];
+const BUCKETS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
 
 /// A latency histogram with fixed buckets.
 #[derive(Debug, Default)]
@@ -22,7 +25,10 @@ impl Latency {
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
         let us = d.as_micros() as u64;
-        let i = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
+        let i = BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(BUCKETS_US.len());
         self.buckets[i].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
     }
@@ -31,10 +37,16 @@ impl Latency {
         let mut cumulative = 0;
         for (i, b) in self.buckets.iter().enumerate() {
             cumulative += b.load(Relaxed);
-            let le = BUCKETS_US.get(i).map_or("+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
+            let le = BUCKETS_US
+                .get(i)
+                .map_or("+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
         }
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
     }
 }
@@ -71,7 +83,11 @@ impl Metrics {
             c.fetch_add(1, Relaxed);
             return;
         }
-        self.wins.write().entry(prize.clone()).or_default().fetch_add(1, Relaxed);
+        self.wins
+            .write()
+            .entry(prize.clone())
+            .or_default()
+            .fetch_add(1, Relaxed);
     }
 
     /// Renders everything; `seq` is the live config's SeqNo.
@@ -79,24 +95,58 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP redrain_draws_total Draw requests by outcome.\n# TYPE redrain_draws_total counter\n");
         for (i, o) in OUTCOMES.iter().enumerate() {
-            let _ = writeln!(out, "redrain_draws_total{{outcome=\"{o}\"}} {}", self.draws[i].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "redrain_draws_total{{outcome=\"{o}\"}} {}",
+                self.draws[i].load(Relaxed)
+            );
         }
         let counters = [
-            ("redrain_draw_replays_total", "Draw requests answered from an idempotency record.", &self.replays),
-            ("redrain_slot_refusals_total", "Prize takes refused: no room in the 100 ms slot.", &self.slot_refusals),
-            ("redrain_quota_refusals_total", "Prize takes refused: quota used up.", &self.quota_refusals),
-            ("redrain_storage_errors_total", "Draws that could not be made durable.", &self.storage_errors),
-            ("redrain_user_busy_total", "Draw requests refused: too many in flight for one user.", &self.user_busy),
+            (
+                "redrain_draw_replays_total",
+                "Draw requests answered from an idempotency record.",
+                &self.replays,
+            ),
+            (
+                "redrain_slot_refusals_total",
+                "Prize takes refused: no room in the 100 ms slot.",
+                &self.slot_refusals,
+            ),
+            (
+                "redrain_quota_refusals_total",
+                "Prize takes refused: quota used up.",
+                &self.quota_refusals,
+            ),
+            (
+                "redrain_storage_errors_total",
+                "Draws that could not be made durable.",
+                &self.storage_errors,
+            ),
+            (
+                "redrain_user_busy_total",
+                "Draw requests refused: too many in flight for one user.",
+                &self.user_busy,
+            ),
         ];
         for (name, help, c) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.load(Relaxed)
+            );
         }
-        out.push_str("# HELP redrain_wins_total Wins by prize.\n# TYPE redrain_wins_total counter\n");
+        out.push_str(
+            "# HELP redrain_wins_total Wins by prize.\n# TYPE redrain_wins_total counter\n",
+        );
         let wins = self.wins.read();
         let mut prizes: Vec<_> = wins.iter().collect();
         prizes.sort_by(|a, b| a.0.cmp(b.0));
         for (p, c) in prizes {
-            let _ = writeln!(out, "redrain_wins_total{{prize=\"{p}\"}} {}", c.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "redrain_wins_total{{prize=\"{p}\"}} {}",
+                c.load(Relaxed)
+            );
         }
         out.push_str("# HELP redrain_config_seq SeqNo of the live config.\n# TYPE redrain_config_seq gauge\n");
         let _ = writeln!(out, "redrain_config_seq {seq}");
@@ -107,8 +157,10 @@ impl Metrics {
             let _ = writeln!(out, "process_resident_memory_bytes {rss}");
         }
         out.push_str("# HELP redrain_request_seconds Request latency.\n# TYPE redrain_request_seconds histogram\n");
-        self.draw_latency.render(&mut out, "redrain_request_seconds", "route=\"draw\"");
-        self.other_latency.render(&mut out, "redrain_request_seconds", "route=\"other\"");
+        self.draw_latency
+            .render(&mut out, "redrain_request_seconds", "route=\"draw\"");
+        self.other_latency
+            .render(&mut out, "redrain_request_seconds", "route=\"other\"");
         out
     }
 }

@@ -10,7 +10,7 @@ use quota::book::CounterBook;
 use quota::clock::Clock;
 use quota::config::{Config, RawConfig};
 use quota::ids::{PrizeId, SeqNo};
-use quota::store::{ConfigStore, NodeShare, PublishError, Snapshot};
+use quota::store::{counter_is_open, ConfigStore, NodeShare, PublishError, Snapshot};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -62,22 +62,32 @@ const FILE_HASH_KEY: &[u8] = b"config_file_hash";
 pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     let text = std::fs::read_to_string(&settings.config_path)
         .map_err(|e| anyhow::anyhow!("reading config {}: {e}", settings.config_path.display()))?;
-    let file_hash: String = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let file_hash: String = Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let storage = Arc::new(Storage::open(&settings.data_dir.join("db"))?);
 
     let stored = match storage.get(Cf::Meta, CONFIG_KEY)? {
         Some(bytes) => {
             let s: StoredConfig = serde_json::from_slice(&bytes)?;
-            let config = s.config.validate().map_err(|e| anyhow::anyhow!("the stored config (seq {}) no longer validates: {e}", s.seq))?;
+            let config = s.config.validate().map_err(|e| {
+                anyhow::anyhow!("the stored config (seq {}) no longer validates: {e}", s.seq)
+            })?;
             Some((SeqNo(s.seq), config))
         }
         None => None,
     };
-    let file_changed = storage.get(Cf::Meta, FILE_HASH_KEY)?.as_deref() != Some(file_hash.as_bytes());
+    let file_changed =
+        storage.get(Cf::Meta, FILE_HASH_KEY)?.as_deref() != Some(file_hash.as_bytes());
     let parse_file = || {
         Config::from_toml(&text).map_err(|e| {
             let list: Vec<String> = e.errors.iter().map(|f| format!("  {f}")).collect();
-            anyhow::anyhow!("config {} is invalid:\n{}", settings.config_path.display(), list.join("\n"))
+            anyhow::anyhow!(
+                "config {} is invalid:\n{}",
+                settings.config_path.display(),
+                list.join("\n")
+            )
         })
     };
     let (seq, config, pending_file) = match stored {
@@ -88,10 +98,22 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
 
     let book = CounterBook::new();
     let store = ConfigStore::new(seq, config, settings.share);
+    let now_ms = clock.now_ms();
     for (prize, occurrence, issued) in storage.counters()? {
-        let Ok(prize) = PrizeId::new(&prize) else { continue };
+        let Ok(prize) = PrizeId::new(&prize) else {
+            continue;
+        };
+        // Ended occurrences can never be drawn from again; their counts stay in storage.
+        if !counter_is_open(&store.load().config, &prize, occurrence, now_ms) {
+            continue;
+        }
         let limit = store.limit_of(&prize);
-        book.restore(prize, occurrence, issued.min(u64::from(u32::MAX)) as u32, limit);
+        book.restore(
+            prize,
+            occurrence,
+            issued.min(u64::from(u32::MAX)) as u32,
+            limit,
+        );
     }
     let service = Arc::new(DrawService {
         store,
@@ -111,27 +133,61 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         publish(&service, config, Some(&file_hash))?;
         tracing::info!(path = %settings.config_path.display(), "config file changed; published it");
     }
-    Ok(App { service, admin_token: settings.admin_token.clone() })
+    Ok(App {
+        service,
+        admin_token: settings.admin_token.clone(),
+    })
 }
 
 /// Publishes `config` as the next SeqNo, durably; `file_hash` marks it as read from the file.
-pub fn publish(service: &DrawService, config: Config, file_hash: Option<&str>) -> Result<Arc<Snapshot>, PublishError> {
-    service.store.publish(config, &service.book, |seq, config| {
-        let stored = serde_json::to_vec(&StoredConfig { seq: seq.0, config: config.raw.clone() }).map_err(|e| e.to_string())?;
-        let mut ops = vec![
-            Op::Put(Cf::Meta, format!("config/{:020}", seq.0).into_bytes(), stored.clone()),
-            Op::Put(Cf::Meta, CONFIG_KEY.to_vec(), stored),
-        ];
-        if let Some(hash) = file_hash {
-            ops.push(Op::Put(Cf::Meta, FILE_HASH_KEY.to_vec(), hash.as_bytes().to_vec()));
-        }
-        service.storage.commit_blocking(ops).map_err(|e| e.to_string())
-    })
+pub fn publish(
+    service: &DrawService,
+    config: Config,
+    file_hash: Option<&str>,
+) -> Result<Arc<Snapshot>, PublishError> {
+    let now_ms = service.clock.now_ms();
+    let snapshot = service
+        .store
+        .publish(config, &service.book, now_ms, |seq, config| {
+            let stored = serde_json::to_vec(&StoredConfig {
+                seq: seq.0,
+                config: config.raw.clone(),
+            })
+            .map_err(|e| e.to_string())?;
+            let mut ops = vec![
+                Op::Put(
+                    Cf::Meta,
+                    format!("config/{:020}", seq.0).into_bytes(),
+                    stored.clone(),
+                ),
+                Op::Put(Cf::Meta, CONFIG_KEY.to_vec(), stored),
+            ];
+            if let Some(hash) = file_hash {
+                ops.push(Op::Put(
+                    Cf::Meta,
+                    FILE_HASH_KEY.to_vec(),
+                    hash.as_bytes().to_vec(),
+                ));
+            }
+            service
+                .storage
+                .commit_blocking(ops)
+                .map_err(|e| e.to_string())
+        })?;
+    service
+        .book
+        .retain(|prize, occurrence| counter_is_open(&snapshot.config, prize, occurrence, now_ms));
+    Ok(snapshot)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains open requests (for at most
 /// `drain`) and returns.
-pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>, drain: Duration) {
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
     let service = warp::service(crate::api::routes(app));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -163,7 +219,10 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after the drain period; closing");
     }
 }

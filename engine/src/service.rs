@@ -148,11 +148,18 @@ pub struct DrawService {
 
 impl DrawService {
     /// Validates and runs a draw; resolves once the answer is durable.
-    pub async fn draw(self: &Arc<Self>, round_id: &str, req: DrawRequest) -> Result<Vec<u8>, ApiError> {
+    pub async fn draw(
+        self: &Arc<Self>,
+        round_id: &str,
+        req: DrawRequest,
+    ) -> Result<Vec<u8>, ApiError> {
         check_id(&req.user).map_err(|e| ApiError::field("user", e.to_string()))?;
         check_id(&req.request_id).map_err(|e| ApiError::field("request_id", e.to_string()))?;
         if !(1..=MAX_SHAKES).contains(&req.shakes) {
-            return Err(ApiError::field("shakes", format!("must be from 1 to {MAX_SHAKES}, got {}", req.shakes)));
+            return Err(ApiError::field(
+                "shakes",
+                format!("must be from 1 to {MAX_SHAKES}, got {}", req.shakes),
+            ));
         }
         let snapshot = self.store.load();
         if snapshot.config.round(round_id).is_none() {
@@ -167,27 +174,60 @@ impl DrawService {
             .map_err(ApiError::internal)?
     }
 
-    async fn draw_locked(&self, snapshot: &Snapshot, round_id: &str, req: &DrawRequest) -> Result<Vec<u8>, ApiError> {
-        let round = snapshot.config.round(round_id).expect("checked by the caller");
+    async fn draw_locked(
+        &self,
+        snapshot: &Snapshot,
+        round_id: &str,
+        req: &DrawRequest,
+    ) -> Result<Vec<u8>, ApiError> {
+        let round = snapshot
+            .config
+            .round(round_id)
+            .expect("checked by the caller");
         let campaign = &snapshot.config.campaigns[round.campaign];
         let _guard = self.locks.lock(&req.user).await.map_err(|e| {
             self.metrics.user_busy.fetch_add(1, Relaxed);
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "user_busy", e.to_string())
         })?;
-        if let Some(stored) = self.storage.request(&req.user, &req.request_id).map_err(ApiError::unavailable)? {
+        if let Some(stored) = self
+            .storage
+            .request(&req.user, &req.request_id)
+            .map_err(ApiError::unavailable)?
+        {
             self.metrics.replays.fetch_add(1, Relaxed);
             return Ok(stored);
         }
         let (round_key, campaign_key) = (round.id.as_str(), campaign.id.as_str());
         let standing = match self.standings.get(round_key, campaign_key, &req.user) {
             Some(s) => s,
-            None => self.storage.standing(round_key, campaign_key, &req.user).map_err(ApiError::unavailable)?,
+            None => self
+                .storage
+                .standing(round_key, campaign_key, &req.user)
+                .map_err(ApiError::unavailable)?,
         };
         let now_ms = self.clock.now_ms();
-        let mut rng = SmallRng::seed_from_u64(self.seed ^ fnv1a(req.user.as_bytes()) ^ fnv1a(req.request_id.as_bytes()).rotate_left(17));
-        let plan = quota::draw::plan(snapshot, &self.store, &self.book, round, &req.user, standing, req.shakes, now_ms, &mut rng);
-        self.metrics.slot_refusals.fetch_add(plan.slot_refusals.into(), Relaxed);
-        self.metrics.quota_refusals.fetch_add(plan.quota_refusals.into(), Relaxed);
+        let mut rng = SmallRng::seed_from_u64(
+            self.seed
+                ^ fnv1a(req.user.as_bytes())
+                ^ fnv1a(req.request_id.as_bytes()).rotate_left(17),
+        );
+        let plan = quota::draw::plan(
+            snapshot,
+            &self.store,
+            &self.book,
+            round,
+            &req.user,
+            standing,
+            req.shakes,
+            now_ms,
+            &mut rng,
+        );
+        self.metrics
+            .slot_refusals
+            .fetch_add(plan.slot_refusals.into(), Relaxed);
+        self.metrics
+            .quota_refusals
+            .fetch_add(plan.quota_refusals.into(), Relaxed);
 
         let mut response = DrawResponse {
             outcome: plan.outcome.as_str().to_string(),
@@ -211,7 +251,10 @@ impl DrawService {
             }
         };
         // Nothing was drawn and no state changed: answer without a write.
-        let Some(standing) = plan.standing.filter(|s| *s != standing || !plan.wins.is_empty() || plan.outcome == Outcome::None) else {
+        let Some(standing) = plan
+            .standing
+            .filter(|s| *s != standing || !plan.wins.is_empty() || plan.outcome == Outcome::None)
+        else {
             self.metrics.draws[outcome_index].fetch_add(1, Relaxed);
             return Ok(serde_json::to_vec(&response).map_err(ApiError::internal)?);
         };
@@ -240,21 +283,43 @@ impl DrawService {
                 state: "pending".into(),
                 created_ms: now_ms,
             };
-            ops.push(Op::Put(Cf::Wins, win_key(&req.user, now_ms, &view.win_id), serde_json::to_vec(&record).map_err(ApiError::internal)?));
-            ops.push(Op::Put(Cf::Deliveries, view.win_id.clone().into_bytes(), serde_json::to_vec(&delivery).map_err(ApiError::internal)?));
-            ops.push(Op::Add(Cf::Counters, counter_key(prize.id.as_str(), occurrence), 1));
+            ops.push(Op::Put(
+                Cf::Wins,
+                win_key(&req.user, now_ms, &view.win_id),
+                serde_json::to_vec(&record).map_err(ApiError::internal)?,
+            ));
+            ops.push(Op::Put(
+                Cf::Deliveries,
+                view.win_id.clone().into_bytes(),
+                serde_json::to_vec(&delivery).map_err(ApiError::internal)?,
+            ));
+            ops.push(Op::Add(
+                Cf::Counters,
+                counter_key(prize.id.as_str(), occurrence),
+                1,
+            ));
             response.wins.push(view);
         }
-        ops.extend(standing_ops(round.id.as_str(), campaign.id.as_str(), &req.user, &standing));
+        ops.extend(standing_ops(
+            round.id.as_str(),
+            campaign.id.as_str(),
+            &req.user,
+            &standing,
+        ));
         let body = serde_json::to_vec(&response).map_err(ApiError::internal)?;
-        ops.push(Op::Put(Cf::Requests, request_key(&req.user, &req.request_id), body.clone()));
+        ops.push(Op::Put(
+            Cf::Requests,
+            request_key(&req.user, &req.request_id),
+            body.clone(),
+        ));
 
         if let Err(e) = self.storage.commit(ops).await {
             plan.give_back();
             self.metrics.storage_errors.fetch_add(1, Relaxed);
             return Err(ApiError::unavailable(e));
         }
-        self.standings.put(round_key, campaign_key, &req.user, &standing);
+        self.standings
+            .put(round_key, campaign_key, &req.user, &standing);
         self.metrics.draws[outcome_index].fetch_add(1, Relaxed);
         for w in &plan.wins {
             self.metrics.win(&round.prizes[w.prize].id);
@@ -272,12 +337,22 @@ impl DrawService {
         round
             .prizes
             .iter()
-            .map(|p| self.book.get(&p.id, occurrence).map_or(0, |c| c.quota.issued().into()))
+            .map(|p| {
+                self.book
+                    .get(&p.id, occurrence)
+                    .map_or(0, |c| c.quota.issued().into())
+            })
             .collect()
     }
 }
 
-fn win_view(req: &DrawRequest, index: usize, prize: &quota::config::Prize, amount_cents: Option<u64>, at_ms: u64) -> WinView {
+fn win_view(
+    req: &DrawRequest,
+    index: usize,
+    prize: &quota::config::Prize,
+    amount_cents: Option<u64>,
+    at_ms: u64,
+) -> WinView {
     let digest = Sha256::new()
         .chain_update(req.user.as_bytes())
         .chain_update([0])
@@ -290,5 +365,13 @@ fn win_view(req: &DrawRequest, index: usize, prize: &quota::config::Prize, amoun
         PrizeKind::Cash { .. } => ("cash", None),
         PrizeKind::Coupon { sku } => ("coupon", Some(sku.clone())),
     };
-    WinView { win_id, prize: prize.id.to_string(), kind: kind.into(), amount_cents, sku, at: format_ms(at_ms), at_ms }
+    WinView {
+        win_id,
+        prize: prize.id.to_string(),
+        kind: kind.into(),
+        amount_cents,
+        sku,
+        at: format_ms(at_ms),
+        at_ms,
+    }
 }

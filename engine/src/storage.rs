@@ -66,7 +66,8 @@ const CFS: [(Cf, &str); 6] = [
 
 fn handle(db: &DB, cf: Cf) -> &ColumnFamily {
     // CFS lists the families in declaration order, so the discriminant indexes it.
-    db.cf_handle(CFS[cf as usize].1).expect("column families are created at open")
+    db.cf_handle(CFS[cf as usize].1)
+        .expect("column families are created at open")
 }
 
 /// One write in a batch.
@@ -86,12 +87,27 @@ struct Job {
 /// The engine's durable store.
 pub struct Storage {
     db: Arc<DB>,
-    writer: mpsc::Sender<Job>,
+    /// `None` only while dropping: closing it ends the writer thread.
+    writer: Option<mpsc::Sender<Job>>,
+    writer_thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Storage {
+    /// Lets the writer finish what is queued and close the database, so the data dir is
+    /// unlocked once the `Storage` is gone (a restart in the same process can open it at once).
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage").field("path", &self.db.path()).finish()
+        f.debug_struct("Storage")
+            .field("path", &self.db.path())
+            .finish()
     }
 }
 
@@ -111,7 +127,8 @@ pub fn decode_u64(b: &[u8]) -> u64 {
 impl Storage {
     /// Opens (creating if needed) the store in `dir` and starts its writer thread.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| StorageError(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError(format!("{}: {e}", dir.display())))?;
         let cache = Cache::new_lru_cache(128 << 20);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
@@ -149,11 +166,15 @@ impl Storage {
         let db = Arc::new(DB::open_cf_descriptors(&db_opts, dir, descriptors)?);
         let (writer, rx) = mpsc::channel(COMMIT_QUEUE);
         let db2 = db.clone();
-        thread::Builder::new()
+        let writer_thread = thread::Builder::new()
             .name("group-commit".into())
             .spawn(move || group_commit(db2, rx))
             .map_err(|e| StorageError(e.to_string()))?;
-        Ok(Storage { db, writer })
+        Ok(Storage {
+            db,
+            writer: Some(writer),
+            writer_thread: Some(writer_thread),
+        })
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {
@@ -168,11 +189,16 @@ impl Storage {
     /// Makes `ops` durable as one atomic batch; resolves once it is fsynced.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StorageError> {
         let (done, wait) = oneshot::channel();
-        self.writer
+        let writer = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| StorageError("the writer has stopped".into()))?;
+        writer
             .send(Job { ops, done })
             .await
             .map_err(|_| StorageError("the writer has stopped".into()))?;
-        wait.await.map_err(|_| StorageError("the writer has stopped".into()))?
+        wait.await
+            .map_err(|_| StorageError("the writer has stopped".into()))?
     }
 
     /// Makes `ops` durable from a blocking context (start-up, publishing).
@@ -181,9 +207,17 @@ impl Storage {
     }
 
     /// Every key/value under `prefix`, at most `limit` of them, in key order.
-    pub fn scan_prefix(&self, cf: Cf, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn scan_prefix(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(self.cf(cf), rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward));
+        let iter = self.db.iterator_cf(
+            self.cf(cf),
+            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
         for item in iter {
             let (k, v) = item?;
             if !k.starts_with(prefix) || out.len() >= limit {
@@ -200,10 +234,18 @@ impl Storage {
     }
 
     /// The user's standing in `round` (whatever occurrence it was last in) and `campaign`.
-    pub fn standing(&self, round: &str, campaign: &str, user: &str) -> Result<UserStanding, StorageError> {
+    pub fn standing(
+        &self,
+        round: &str,
+        campaign: &str,
+        user: &str,
+    ) -> Result<UserStanding, StorageError> {
         let keys = [round_key(round, user), campaign_key(campaign, user)];
         let cf = self.cf(Cf::Users);
-        let mut got = self.db.batched_multi_get_cf(cf, keys.iter(), false).into_iter();
+        let mut got = self
+            .db
+            .batched_multi_get_cf(cf, keys.iter(), false)
+            .into_iter();
         let mut next = || -> Result<Option<Vec<u8>>, StorageError> {
             Ok(got.next().transpose()?.flatten().map(|s| s.to_vec()))
         };
@@ -227,7 +269,9 @@ impl Storage {
         let mut out = Vec::new();
         for (k, v) in self.scan_prefix(Cf::Counters, b"", usize::MAX)? {
             if let Some(split) = k.iter().position(|&b| b == 0) {
-                if let (Ok(prize), Ok(occ)) = (std::str::from_utf8(&k[..split]), k[split + 1..].try_into()) {
+                if let (Ok(prize), Ok(occ)) =
+                    (std::str::from_utf8(&k[..split]), k[split + 1..].try_into())
+                {
                     out.push((prize.to_string(), u64::from_be_bytes(occ), decode_u64(&v)));
                 }
             }
@@ -258,7 +302,13 @@ pub fn counter_key(prize: &str, occurrence: u64) -> Vec<u8> {
 
 /// Key of a win, ordered by time within the user.
 pub fn win_key(user: &str, at_ms: u64, win_id: &str) -> Vec<u8> {
-    [user.as_bytes(), b"\0", &at_ms.to_be_bytes(), win_id.as_bytes()].concat()
+    [
+        user.as_bytes(),
+        b"\0",
+        &at_ms.to_be_bytes(),
+        win_id.as_bytes(),
+    ]
+    .concat()
 }
 
 /// The standing records to store for `s`.
@@ -270,7 +320,10 @@ pub fn standing_ops(round: &str, campaign: &str, user: &str, s: &UserStanding) -
     let mut c = Vec::with_capacity(12);
     c.extend_from_slice(&s.campaign_wins.to_le_bytes());
     c.extend_from_slice(&s.campaign_cash_cents.to_le_bytes());
-    [Op::Put(Cf::Users, round_key(round, user), r), Op::Put(Cf::Users, campaign_key(campaign, user), c)]
+    [
+        Op::Put(Cf::Users, round_key(round, user), r),
+        Op::Put(Cf::Users, campaign_key(campaign, user), c),
+    ]
 }
 
 fn write_group<'a>(db: &DB, ops: impl Iterator<Item = &'a Op>) -> Result<(), StorageError> {

@@ -35,7 +35,9 @@ pub struct Busy;
 
 impl Default for UserLocks {
     fn default() -> Self {
-        Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
     }
 }
 
@@ -63,7 +65,12 @@ impl UserLocks {
             }
         };
         if let Some(rx) = wait {
-            let mut pending = Pending { locks: self, key, rx, owned: false };
+            let mut pending = Pending {
+                locks: self,
+                key,
+                rx,
+                owned: false,
+            };
             // Err only if the holder's Drop skipped us, which it does only for closed receivers.
             let _ = (&mut pending.rx).await;
             pending.owned = true;
@@ -73,7 +80,9 @@ impl UserLocks {
 
     fn release(&self, key: u64) {
         let mut shard = self.shard(key).lock();
-        let Some(queue) = shard.get_mut(&key) else { return };
+        let Some(queue) = shard.get_mut(&key) else {
+            return;
+        };
         // Hand over to the first waiter still listening; a waiter whose request was dropped
         // has closed its receiver and is skipped.
         while let Some(next) = queue.pop_front() {
@@ -133,7 +142,11 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 for _ in 0..50 {
                     let _g = locks.lock("alice").await.unwrap();
-                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                    assert_eq!(
+                        inside.fetch_add(1, Ordering::SeqCst),
+                        0,
+                        "two holders at once"
+                    );
                     tokio::task::yield_now().await;
                     inside.fetch_sub(1, Ordering::SeqCst);
                 }
@@ -159,6 +172,9 @@ mod tests {
             assert!(futures_util::poll!(f.as_mut()).is_pending());
         }
         assert!(locks.lock("bob").await.is_err());
-        assert!(locks.lock("carol").await.is_ok(), "other users are not affected");
+        assert!(
+            locks.lock("carol").await.is_ok(),
+            "other users are not affected"
+        );
     }
 }

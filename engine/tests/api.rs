@@ -44,10 +44,24 @@ no_win_weight = 1
 
 /// Checks that `listed` (a user's /wins) holds exactly the wins of `responses`, as answered.
 fn assert_listed(user: &str, listed: &[Value], responses: &[Value], round: &str) {
-    let by_id: BTreeMap<&str, &Value> = listed.iter().map(|w| (w["win_id"].as_str().unwrap(), w)).collect();
-    assert_eq!(by_id.len(), listed.len(), "{user}: duplicate win ids in {listed:?}");
-    let answered: BTreeSet<&str> = responses.iter().map(|w| w["win_id"].as_str().unwrap()).collect();
-    assert_eq!(by_id.keys().copied().collect::<BTreeSet<_>>(), answered, "{user}: listed wins differ from the answered ones");
+    let by_id: BTreeMap<&str, &Value> = listed
+        .iter()
+        .map(|w| (w["win_id"].as_str().unwrap(), w))
+        .collect();
+    assert_eq!(
+        by_id.len(),
+        listed.len(),
+        "{user}: duplicate win ids in {listed:?}"
+    );
+    let answered: BTreeSet<&str> = responses
+        .iter()
+        .map(|w| w["win_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        by_id.keys().copied().collect::<BTreeSet<_>>(),
+        answered,
+        "{user}: listed wins differ from the answered ones"
+    );
     for w in responses {
         let l = by_id[w["win_id"].as_str().unwrap()];
         for f in ["prize", "kind", "amount_cents", "sku", "at", "at_ms"] {
@@ -76,21 +90,39 @@ async fn full_round_runs_out_exactly_and_enforces_schedule_and_caps() {
     // Before the start: upcoming, and nobody may draw.
     assert_eq!(get_ok(&mut c, "/v1/rounds/r1").await["status"], "upcoming");
     let v = draw_ok(&mut c, "r1", &early, "too-soon", 1).await;
-    assert_eq!((v["outcome"].as_str(), v["reason"].as_str()), (Some("not_live"), Some("round_not_live")), "{v}");
+    assert_eq!(
+        (v["outcome"].as_str(), v["reason"].as_str()),
+        (Some("not_live"), Some("round_not_live")),
+        "{v}"
+    );
     assert!(wins_in(&v).is_empty());
 
     // Live, but group 1 starts 30 s later.
     server.clock.set(start + 1_000);
     assert_eq!(get_ok(&mut c, "/v1/rounds/r1").await["status"], "live");
     let v = draw_ok(&mut c, "r1", &late, "group-1-early", 1).await;
-    assert_eq!((v["outcome"].as_str(), v["reason"].as_str()), (Some("not_live"), Some("group_not_started")), "{v}");
+    assert_eq!(
+        (v["outcome"].as_str(), v["reason"].as_str()),
+        (Some("not_live"), Some("group_not_started")),
+        "{v}"
+    );
     assert_eq!(v["retry_at"], "2030-01-01T00:00:30.000Z");
     assert!(wins_in(&v).is_empty());
     // Group 0 may draw now; `early`'s participation window opens at start + 1 s.
     let v = draw_ok(&mut c, "r1", &early, "first", 1).await;
     assert!(v["outcome"] == "win" || v["outcome"] == "none", "{v}");
-    assert_eq!((v["round"].as_str(), v["occurrence"].as_u64(), v["seq"].as_u64()), (Some("r1"), Some(0), Some(1)));
-    answered.entry(early.clone()).or_default().extend(wins_in(&v));
+    assert_eq!(
+        (
+            v["round"].as_str(),
+            v["occurrence"].as_u64(),
+            v["seq"].as_u64()
+        ),
+        (Some("r1"), Some(0), Some(1))
+    );
+    answered
+        .entry(early.clone())
+        .or_default()
+        .extend(wins_in(&v));
 
     // Everyone may draw from start + 30 s. Each user batches 20 shakes; the clock moves one
     // 100 ms slot per request so the rate never refuses (a slot holds 100 takes).
@@ -114,42 +146,76 @@ async fn full_round_runs_out_exactly_and_enforces_schedule_and_caps() {
         answered.entry(u.clone()).or_default().extend(wins);
     }
     assert_eq!(total, 8, "5 + 3 prizes, every one won");
-    assert!(after_exhaustion >= 20, "only {after_exhaustion} draws after the quotas ran out");
+    assert!(
+        after_exhaustion >= 20,
+        "only {after_exhaustion} draws after the quotas ran out"
+    );
 
     // Exactly the quotas were issued, as counted by the engine and as answered.
     let issued_now = issued(&mut c, "r1").await;
-    assert_eq!(issued_now, BTreeMap::from([("cash-5".to_string(), 5), ("coupon-3".to_string(), 3)]));
+    assert_eq!(
+        issued_now,
+        BTreeMap::from([("cash-5".to_string(), 5), ("coupon-3".to_string(), 3)])
+    );
     let round = get_ok(&mut c, "/v1/rounds/r1").await;
     for p in round["prizes"].as_array().unwrap() {
         assert_eq!(p["issued"], p["quota"], "{p}");
-        assert_eq!(p["node_quota"], p["quota"], "a single node owns the whole quota: {p}");
+        assert_eq!(
+            p["node_quota"], p["quota"],
+            "a single node owns the whole quota: {p}"
+        );
     }
     let mut by_prize: BTreeMap<String, usize> = BTreeMap::new();
     for w in answered.values().flatten() {
-        *by_prize.entry(w["prize"].as_str().unwrap().to_string()).or_default() += 1;
+        *by_prize
+            .entry(w["prize"].as_str().unwrap().to_string())
+            .or_default() += 1;
         match w["prize"].as_str().unwrap() {
-            "cash-5" => assert_eq!((w["kind"].as_str(), w["amount_cents"].as_u64()), (Some("cash"), Some(500)), "{w}"),
-            "coupon-3" => assert_eq!((w["kind"].as_str(), w["sku"].as_str()), (Some("coupon"), Some("latte")), "{w}"),
+            "cash-5" => assert_eq!(
+                (w["kind"].as_str(), w["amount_cents"].as_u64()),
+                (Some("cash"), Some(500)),
+                "{w}"
+            ),
+            "coupon-3" => assert_eq!(
+                (w["kind"].as_str(), w["sku"].as_str()),
+                (Some("coupon"), Some("latte")),
+                "{w}"
+            ),
             other => panic!("unknown prize {other}"),
         }
     }
-    assert_eq!(by_prize, BTreeMap::from([("cash-5".to_string(), 5), ("coupon-3".to_string(), 3)]));
+    assert_eq!(
+        by_prize,
+        BTreeMap::from([("cash-5".to_string(), 5), ("coupon-3".to_string(), 3)])
+    );
     let m = metrics(&mut c).await;
     assert_eq!(metric(&m, r#"redrain_wins_total{prize="cash-5"}"#), 5.0);
     assert_eq!(metric(&m, r#"redrain_wins_total{prize="coupon-3"}"#), 3.0);
-    assert!(metric(&m, "redrain_quota_refusals_total") > 0.0, "draws after exhaustion were refused by quota");
+    assert!(
+        metric(&m, "redrain_quota_refusals_total") > 0.0,
+        "draws after exhaustion were refused by quota"
+    );
 
     // Every win is listed under its user, pending delivery; users without wins list none.
     for u in &users {
         let listed = wins_of(&mut c, u).await;
-        assert_listed(u, &listed, answered.get(u).map_or(&[][..], Vec::as_slice), "r1");
+        assert_listed(
+            u,
+            &listed,
+            answered.get(u).map_or(&[][..], Vec::as_slice),
+            "r1",
+        );
         for w in &listed {
             assert_eq!(w["occurrence"], 0);
         }
     }
 
     // The per-user cap: a user with 2 wins is capped.
-    let capped = answered.iter().find(|(_, w)| w.len() == 2).map(|(u, _)| u.clone()).expect("someone won twice");
+    let capped = answered
+        .iter()
+        .find(|(_, w)| w.len() == 2)
+        .map(|(u, _)| u.clone())
+        .expect("someone won twice");
     server.clock.advance(100);
     let v = draw_ok(&mut c, "r1", &capped, "again", 5).await;
     assert_eq!(v["outcome"], "capped", "{v}");
@@ -159,29 +225,47 @@ async fn full_round_runs_out_exactly_and_enforces_schedule_and_caps() {
     // (first admitted at start + 30 s or later) may still draw.
     server.clock.set(start + 61_000);
     let v = draw_ok(&mut c, "r1", &early, "window", 1).await;
-    assert_eq!((v["outcome"].as_str(), v["reason"].as_str()), (Some("not_live"), Some("window_closed")), "{v}");
+    assert_eq!(
+        (v["outcome"].as_str(), v["reason"].as_str()),
+        (Some("not_live"), Some("window_closed")),
+        "{v}"
+    );
     let v = draw_ok(&mut c, "r1", &late, "still-open", 1).await;
     assert_ne!(v["outcome"], "not_live", "{v}");
     // Every user who drew at start + 30..36 s is closed by start + 97 s; a newcomer is not.
     server.clock.set(start + 97_000);
     for u in &users {
         let v = draw_ok(&mut c, "r1", u, "late-again", 1).await;
-        assert_eq!((v["outcome"].as_str(), v["reason"].as_str()), (Some("not_live"), Some("window_closed")), "{u}: {v}");
+        assert_eq!(
+            (v["outcome"].as_str(), v["reason"].as_str()),
+            (Some("not_live"), Some("window_closed")),
+            "{u}: {v}"
+        );
     }
-    let newcomer = (0..).map(|i| format!("newcomer-{i}")).find(|u| r1.group_of(u) == 1).unwrap();
+    let newcomer = (0..)
+        .map(|i| format!("newcomer-{i}"))
+        .find(|u| r1.group_of(u) == 1)
+        .unwrap();
     let v = draw_ok(&mut c, "r1", &newcomer, "n1", 3).await;
     assert_eq!(v["outcome"], "none", "admitted, but nothing is left: {v}");
 
     // After the end (start + 600 s) the round is over for everyone.
     server.clock.set(start + 600_000);
     let v = draw_ok(&mut c, "r1", "someone-new", "n1", 1).await;
-    assert_eq!((v["outcome"].as_str(), v["reason"].as_str()), (Some("not_live"), Some("round_not_live")), "{v}");
+    assert_eq!(
+        (v["outcome"].as_str(), v["reason"].as_str()),
+        (Some("not_live"), Some("round_not_live")),
+        "{v}"
+    );
     assert_eq!(get_ok(&mut c, "/v1/rounds/r1").await["status"], "ended");
     let list = get_ok(&mut c, "/v1/rounds").await;
     assert_eq!(list["rounds"][0]["id"], "r1");
     assert_eq!(list["rounds"][0]["status"], "ended");
     // Nothing changed the counters after the quotas ran out.
-    assert_eq!(issued(&mut c, "r1").await, BTreeMap::from([("cash-5".to_string(), 5), ("coupon-3".to_string(), 3)]));
+    assert_eq!(
+        issued(&mut c, "r1").await,
+        BTreeMap::from([("cash-5".to_string(), 5), ("coupon-3".to_string(), 3)])
+    );
     server.stop().await;
 }
 
@@ -190,7 +274,10 @@ async fn full_round_runs_out_exactly_and_enforces_schedule_and_caps() {
 // ---------------------------------------------------------------------------------------------
 
 fn rate_config(rate_per_s: u32) -> String {
-    campaign("c", "") + PARTNERS + &live_round("rate", "c", 1_000_000, 0) + &cash_prize("cash-rate", 1, 1_000_000_000, rate_per_s, 1)
+    campaign("c", "")
+        + PARTNERS
+        + &live_round("rate", "c", 1_000_000, 0)
+        + &cash_prize("cash-rate", 1, 1_000_000_000, rate_per_s, 1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +299,11 @@ async fn rate_gives_each_100ms_slot_exactly_its_share() {
             server.clock.set(slot_start + k * 3);
             let v = draw_ok(&mut c, "rate", &format!("s{s}-u{k}"), "r", 1).await;
             for w in wins_in(&v) {
-                assert_eq!(slot_of(w["at_ms"].as_u64().unwrap()), slot_of(slot_start), "{w}");
+                assert_eq!(
+                    slot_of(w["at_ms"].as_u64().unwrap()),
+                    slot_of(slot_start),
+                    "{w}"
+                );
                 wins += 1;
             }
         }
@@ -224,7 +315,10 @@ async fn rate_gives_each_100ms_slot_exactly_its_share() {
         per_second += wins;
         expected_slot_refusals += (30 - share) + 20;
     }
-    assert_eq!(per_second, 15, "the ten slots of a second give exactly rate_per_s");
+    assert_eq!(
+        per_second, 15,
+        "the ten slots of a second give exactly rate_per_s"
+    );
 
     // One 20-shake request at the start of a fresh slot takes the slot's whole share.
     let slot_start = base + 1_000;
@@ -236,9 +330,15 @@ async fn rate_gives_each_100ms_slot_exactly_its_share() {
 
     let after = metrics(&mut c).await;
     let delta = |k: &str| metric(&after, k) - metric(&before, k);
-    assert_eq!(delta("redrain_slot_refusals_total") as u32, expected_slot_refusals);
+    assert_eq!(
+        delta("redrain_slot_refusals_total") as u32,
+        expected_slot_refusals
+    );
     assert_eq!(delta("redrain_quota_refusals_total"), 0.0);
-    assert_eq!(delta(r#"redrain_wins_total{prize="cash-rate"}"#) as u32, 15 + share);
+    assert_eq!(
+        delta(r#"redrain_wins_total{prize="cash-rate"}"#) as u32,
+        15 + share
+    );
 
     // A rate change applies from the next slot: the open slot keeps its (used-up) share.
     let r = publish(&mut c, &rate_config(1000), "application/toml", Some(TOKEN)).await;
@@ -251,7 +351,11 @@ async fn rate_gives_each_100ms_slot_exactly_its_share() {
     for k in 0..8 {
         wins += wins_in(&draw_ok(&mut c, "rate", &format!("fast-{k}"), "r", 20).await).len();
     }
-    assert_eq!(wins as u32, slot_share(1000, slot_of(slot_start + 100)), "the next slot opens at the new rate");
+    assert_eq!(
+        wins as u32,
+        slot_share(1000, slot_of(slot_start + 100)),
+        "the next slot opens at the new rate"
+    );
     server.stop().await;
 }
 
@@ -261,7 +365,10 @@ async fn rate_gives_each_100ms_slot_exactly_its_share() {
 
 /// Config `k`: its only prize pays `100 + k` cents, so a win's amount names the config it used.
 fn numbered_config(k: u64) -> String {
-    campaign("bench", "") + PARTNERS + &live_round("bench", "bench", 1_000_000, 0) + &cash_prize("cash-fixed", 100 + k, 1_000_000_000, 1_000_000, 1)
+    campaign("bench", "")
+        + PARTNERS
+        + &live_round("bench", "bench", 1_000_000, 0)
+        + &cash_prize("cash-fixed", 100 + k, 1_000_000_000, 1_000_000, 1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +398,11 @@ async fn publish_while_draws_run_every_answer_uses_exactly_one_config() {
                 let seq = v["seq"].as_u64().unwrap();
                 assert_eq!(v["outcome"], "win", "{v}");
                 for w in wins_in(&v) {
-                    assert_eq!(w["amount_cents"].as_u64().unwrap(), 99 + seq, "a win of seq {seq} paid another config's amount: {v}");
+                    assert_eq!(
+                        w["amount_cents"].as_u64().unwrap(),
+                        99 + seq,
+                        "a win of seq {seq} paid another config's amount: {v}"
+                    );
                     wins.push(w);
                 }
                 seqs.insert(seq);
@@ -322,13 +433,29 @@ async fn publish_while_draws_run_every_answer_uses_exactly_one_config() {
         let listed = wins_of(&mut c, &user).await;
         assert_listed(&user, &listed, &wins, "bench");
     }
-    assert_eq!(seen, (1..=PUBLISHES + 1).collect::<BTreeSet<_>>(), "every published config served some draw");
+    assert_eq!(
+        seen,
+        (1..=PUBLISHES + 1).collect::<BTreeSet<_>>(),
+        "every published config served some draw"
+    );
     let m = metrics(&mut c).await;
     assert_eq!(metric(&m, "redrain_config_seq") as u64, PUBLISHES + 1);
     assert_eq!(config_seq(&mut c).await, PUBLISHES + 1);
     let auth = format!("Bearer {TOKEN}");
-    let cfg = c.send(Method::GET, "/admin/api/config", &[("authorization", &auth)], Bytes::new()).await.unwrap().json();
-    assert_eq!(cfg["config"]["rounds"][0]["prizes"][0]["amount_cents"], 100 + PUBLISHES);
+    let cfg = c
+        .send(
+            Method::GET,
+            "/admin/api/config",
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        cfg["config"]["rounds"][0]["prizes"][0]["amount_cents"],
+        100 + PUBLISHES
+    );
     server.stop().await;
 }
 
@@ -356,7 +483,13 @@ async fn publish_refusals_leave_the_live_config_untouched() {
     assert_eq!(issued(&mut c, "rb").await["prize-b"], 3);
 
     // prize-a may go down to 2 (1 issued) but prize-b may not (3 issued): refused whole.
-    let r = publish(&mut c, &two_round_config(2, 2), "application/toml", Some(TOKEN)).await;
+    let r = publish(
+        &mut c,
+        &two_round_config(2, 2),
+        "application/toml",
+        Some(TOKEN),
+    )
+    .await;
     assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
     let e = r.json();
     assert_eq!(e["code"], "quota_below_issued", "{e}");
@@ -366,17 +499,36 @@ async fn publish_refusals_leave_the_live_config_untouched() {
     assert_eq!(metric(&metrics(&mut c).await, "redrain_config_seq"), 1.0);
     // prize-a's limit is 10 again, not 2: nine more can be won.
     server.clock.advance(100);
-    assert_eq!(wins_in(&draw_ok(&mut c, "ra", "x2", "1", 20).await).len(), 9, "a refused publish must not leave a lowered limit behind");
+    assert_eq!(
+        wins_in(&draw_ok(&mut c, "ra", "x2", "1", 20).await).len(),
+        9,
+        "a refused publish must not leave a lowered limit behind"
+    );
     assert_eq!(issued(&mut c, "ra").await["prize-a"], 10);
     let round = get_ok(&mut c, "/v1/rounds/rb").await;
     assert_eq!(round["prizes"][0]["quota"], 5);
 
     // Lowering to exactly what was issued is allowed, and applies at once.
-    let r = publish(&mut c, &two_round_config(10, 3), "application/toml", Some(TOKEN)).await;
-    assert_eq!((r.status, r.json()), (200, json!({"seq": 2})), "{}", String::from_utf8_lossy(&r.body));
+    let r = publish(
+        &mut c,
+        &two_round_config(10, 3),
+        "application/toml",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!({"seq": 2})),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     server.clock.advance(100);
     let v = draw_ok(&mut c, "rb", "y2", "1", 5).await;
-    assert_eq!((v["outcome"].as_str(), v["seq"].as_u64()), (Some("none"), Some(2)), "{v}");
+    assert_eq!(
+        (v["outcome"].as_str(), v["seq"].as_u64()),
+        (Some("none"), Some(2)),
+        "{v}"
+    );
     assert_eq!(issued(&mut c, "rb").await["prize-b"], 3);
 
     // Invalid configs: 422 with every problem at its field path; nothing published.
@@ -385,37 +537,114 @@ async fn publish_refusals_leave_the_live_config_untouched() {
     assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
     let e = r.json();
     assert_eq!(e["code"], "invalid_config");
-    let fields: BTreeSet<&str> = e["errors"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
-    for f in ["rounds[0].duration_s", "rounds[1].duration_s", "rounds[0].prizes[0].quota"] {
+    let fields: BTreeSet<&str> = e["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    for f in [
+        "rounds[0].duration_s",
+        "rounds[1].duration_s",
+        "rounds[0].prizes[0].quota",
+    ] {
         assert!(fields.contains(f), "{f} missing from {e}");
     }
-    assert!(e["errors"].as_array().unwrap().iter().all(|f| !f["problem"].as_str().unwrap().is_empty()), "{e}");
+    assert!(
+        e["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| !f["problem"].as_str().unwrap().is_empty()),
+        "{e}"
+    );
 
-    let r = publish(&mut c, &two_round_config(10, 3).replace("weight = 1\n", "weight = 1\nwieght = 2\n"), "application/toml", Some(TOKEN)).await;
+    let r = publish(
+        &mut c,
+        &two_round_config(10, 3).replace("weight = 1\n", "weight = 1\nwieght = 2\n"),
+        "application/toml",
+        Some(TOKEN),
+    )
+    .await;
     assert_eq!(r.status, 422);
-    assert!(r.json()["errors"][0]["field"].as_str().unwrap().starts_with("rounds[0].prizes[0]"), "{}", r.json());
+    assert!(
+        r.json()["errors"][0]["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("rounds[0].prizes[0]"),
+        "{}",
+        r.json()
+    );
     let r = publish(&mut c, "[[rounds]\nid = ", "application/toml", Some(TOKEN)).await;
-    assert_eq!((r.status, r.json()["code"].as_str()), (422, Some("invalid_config")));
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (422, Some("invalid_config"))
+    );
 
     // JSON configs: the live one round-trips; a wrong type is named by its path.
     let auth = format!("Bearer {TOKEN}");
-    let live = c.send(Method::GET, "/admin/api/config", &[("authorization", &auth)], Bytes::new()).await.unwrap().json();
+    let live = c
+        .send(
+            Method::GET,
+            "/admin/api/config",
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap()
+        .json();
     let mut doc = live["config"].clone();
     doc["rounds"][0]["prizes"][0]["quota"] = json!("lots");
     let r = publish(&mut c, &doc.to_string(), "application/json", Some(TOKEN)).await;
     assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(r.json()["errors"][0]["field"], "rounds[0].prizes[0].quota", "{}", r.json());
-    assert_eq!(config_seq(&mut c).await, 2, "no invalid config was published");
-    let r = publish(&mut c, &live["config"].to_string(), "application/json", Some(TOKEN)).await;
+    assert_eq!(
+        r.json()["errors"][0]["field"],
+        "rounds[0].prizes[0].quota",
+        "{}",
+        r.json()
+    );
+    assert_eq!(
+        config_seq(&mut c).await,
+        2,
+        "no invalid config was published"
+    );
+    let r = publish(
+        &mut c,
+        &live["config"].to_string(),
+        "application/json",
+        Some(TOKEN),
+    )
+    .await;
     assert_eq!((r.status, r.json()), (200, json!({"seq": 3})));
 
     // Too large (over 1 MiB) or not UTF-8: refused before parsing.
     let huge = format!("# {}\n{}", "x".repeat(1 << 20), two_round_config(20, 20));
     let r = publish(&mut c, &huge, "application/toml", Some(TOKEN)).await;
-    assert_eq!((r.status, r.json()["code"].as_str()), (413, Some("body_too_large")), "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (413, Some("body_too_large")),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     let auth = format!("Bearer {TOKEN}");
-    let r = c.send(Method::POST, "/admin/api/config", &[("authorization", &auth), ("content-type", "application/toml")], Bytes::from_static(b"\xff\xfe")).await.unwrap();
-    assert_eq!((r.status, r.json()["code"].as_str()), (400, Some("malformed_toml")), "{}", String::from_utf8_lossy(&r.body));
+    let r = c
+        .send(
+            Method::POST,
+            "/admin/api/config",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/toml"),
+            ],
+            Bytes::from_static(b"\xff\xfe"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (400, Some("malformed_toml")),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert_eq!(config_seq(&mut c).await, 3);
 
     // Authentication: a missing or wrong token gets 401 for GET and POST, and publishes nothing.
@@ -423,16 +652,44 @@ async fn publish_refusals_leave_the_live_config_untouched() {
     let wrong = format!("Bearer {TOKEN}x");
     let short = format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]);
     let lower = format!("Basic {TOKEN}");
-    for headers in [vec![], vec![("authorization", wrong.as_str())], vec![("authorization", short.as_str())], vec![("authorization", lower.as_str())], vec![("authorization", "Bearer ")]] {
-        let r = c.send(Method::GET, "/admin/api/config", &headers, Bytes::new()).await.unwrap();
-        assert_eq!((r.status, r.json()["code"].as_str()), (401, Some("unauthorized")), "GET with {headers:?}");
+    for headers in [
+        vec![],
+        vec![("authorization", wrong.as_str())],
+        vec![("authorization", short.as_str())],
+        vec![("authorization", lower.as_str())],
+        vec![("authorization", "Bearer ")],
+    ] {
+        let r = c
+            .send(Method::GET, "/admin/api/config", &headers, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.json()["code"].as_str()),
+            (401, Some("unauthorized")),
+            "GET with {headers:?}"
+        );
         let mut h = headers.clone();
         h.push(("content-type", "application/toml"));
-        let r = c.send(Method::POST, "/admin/api/config", &h, Bytes::from(good.clone())).await.unwrap();
-        assert_eq!((r.status, r.json()["code"].as_str()), (401, Some("unauthorized")), "POST with {headers:?}");
+        let r = c
+            .send(
+                Method::POST,
+                "/admin/api/config",
+                &h,
+                Bytes::from(good.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.json()["code"].as_str()),
+            (401, Some("unauthorized")),
+            "POST with {headers:?}"
+        );
     }
     assert_eq!(config_seq(&mut c).await, 3);
-    assert_eq!(get_ok(&mut c, "/v1/rounds/ra").await["prizes"][0]["quota"], 10);
+    assert_eq!(
+        get_ok(&mut c, "/v1/rounds/ra").await["prizes"][0]["quota"],
+        10
+    );
     server.stop().await;
 }
 
@@ -441,7 +698,10 @@ async fn publish_refusals_leave_the_live_config_untouched() {
 // ---------------------------------------------------------------------------------------------
 
 fn win_config() -> String {
-    campaign("c", "") + PARTNERS + &live_round("r", "c", 1_000_000, 0) + &cash_prize("cash", 100, 1_000_000, 100_000, 1)
+    campaign("c", "")
+        + PARTNERS
+        + &live_round("r", "c", 1_000_000, 0)
+        + &cash_prize("cash", 100, 1_000_000, 100_000, 1)
 }
 
 /// Sends raw bytes on a fresh connection and reads one response: (status, body).
@@ -453,7 +713,10 @@ async fn raw_request(addr: std::net::SocketAddr, request: &[u8]) -> (u16, Vec<u8
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-            let len = head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse::<usize>().unwrap());
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse::<usize>().unwrap());
             if let Some(len) = len {
                 if buf.len() >= end + 4 + len {
                     let status = head[9..12].parse().unwrap();
@@ -462,7 +725,11 @@ async fn raw_request(addr: std::net::SocketAddr, request: &[u8]) -> (u16, Vec<u8
             }
         }
         let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed before a whole response: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed before a whole response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     }
 }
@@ -481,7 +748,9 @@ fn chunked_draw(body: &[u8]) -> Vec<u8> {
 
 /// A valid draw body padded with spaces to exactly `len` bytes.
 fn padded_body(user: &str, len: usize) -> Vec<u8> {
-    let mut b = json!({"user": user, "request_id": "padded", "shakes": 1}).to_string().into_bytes();
+    let mut b = json!({"user": user, "request_id": "padded", "shakes": 1})
+        .to_string()
+        .into_bytes();
     assert!(b.len() <= len);
     b.resize(len, b' ');
     b
@@ -503,48 +772,324 @@ enum F {
 type BadRequest = (Method, String, String, u16, &'static str, F);
 
 /// Every bad request and its expected answer: (method, path, body, status, code, field).
-fn bad_requests(user65: &str, draw_body: impl Fn(Value, Value, Value) -> String) -> Vec<BadRequest> {
+fn bad_requests(
+    user65: &str,
+    draw_body: impl Fn(Value, Value, Value) -> String,
+) -> Vec<BadRequest> {
     let d = "/v1/rounds/r/draw".to_string();
     vec![
-        (Method::POST, d.clone(), r#"{"user":"u1","request_id":"#.into(), 400, "malformed_json", F::Any),
-        (Method::POST, d.clone(), "not json".into(), 400, "malformed_json", F::Absent),
-        (Method::POST, d.clone(), "".into(), 400, "malformed_json", F::Absent),
-        (Method::POST, d.clone(), r#"{"user":"u1","request_id":"r1","shakes":1} trailing"#.into(), 400, "malformed_json", F::Absent),
-        (Method::POST, d.clone(), draw_body(json!(5), json!("r1"), json!(1)), 400, "invalid_field", F::Is("user")),
-        (Method::POST, d.clone(), draw_body(json!("u1"), json!(7), json!(1)), 400, "invalid_field", F::Is("request_id")),
-        (Method::POST, d.clone(), draw_body(json!("u1"), json!("r1"), json!("3")), 400, "invalid_field", F::Is("shakes")),
-        (Method::POST, d.clone(), draw_body(json!("u1"), json!("r1"), json!(-1)), 400, "invalid_field", F::Is("shakes")),
-        (Method::POST, d.clone(), draw_body(json!("u1"), json!("r1"), json!(1.5)), 400, "invalid_field", F::Is("shakes")),
-        (Method::POST, d.clone(), draw_body(json!("u1"), json!("r1"), json!(0)), 400, "invalid_field", F::Is("shakes")),
-        (Method::POST, d.clone(), draw_body(json!("u1"), json!("r1"), json!(21)), 400, "invalid_field", F::Is("shakes")),
-        (Method::POST, d.clone(), draw_body(json!("a b"), json!("r1"), json!(1)), 400, "invalid_field", F::Is("user")),
-        (Method::POST, d.clone(), draw_body(json!("ünï"), json!("r1"), json!(1)), 400, "invalid_field", F::Is("user")),
-        (Method::POST, d.clone(), draw_body(json!("a/b"), json!("r1"), json!(1)), 400, "invalid_field", F::Is("user")),
-        (Method::POST, d.clone(), draw_body(json!(""), json!("r1"), json!(1)), 400, "invalid_field", F::Is("user")),
-        (Method::POST, d.clone(), draw_body(json!(user65), json!("r1"), json!(1)), 400, "invalid_field", F::Is("user")),
-        (Method::POST, d.clone(), draw_body(json!("u1"), json!("r 1"), json!(1)), 400, "invalid_field", F::Is("request_id")),
-        (Method::POST, d.clone(), draw_body(json!(null), json!("r1"), json!(1)), 400, "invalid_field", F::Is("user")),
-        (Method::POST, d.clone(), r#"{"request_id":"r1","shakes":1}"#.into(), 400, "invalid_field", F::Named("user")),
-        (Method::POST, d.clone(), r#"{"user":"u1","shakes":1}"#.into(), 400, "invalid_field", F::Named("request_id")),
-        (Method::POST, d.clone(), r#"{"user":"u1","request_id":"r1","shakes":1,"extra":true}"#.into(), 400, "invalid_field", F::Is("extra")),
-        (Method::POST, d.clone(), r#"{"user":"u1","user":"u2","request_id":"r1"}"#.into(), 400, "invalid_field", F::Named("user")),
-        (Method::POST, d.clone(), "[]".into(), 400, "invalid_field", F::Absent),
-        (Method::POST, d.clone(), "null".into(), 400, "invalid_field", F::Absent),
-        (Method::POST, "/v1/rounds/nope/draw".into(), draw_body(json!("u1"), json!("r1"), json!(1)), 404, "not_found", F::Absent),
-        (Method::POST, d.clone(), String::from_utf8(padded_body("u1", 4097)).unwrap(), 413, "body_too_large", F::Absent),
-        (Method::POST, d.clone(), String::from_utf8(padded_body("u1", 64 << 10)).unwrap(), 413, "body_too_large", F::Absent),
-        (Method::GET, d.clone(), "".into(), 405, "method_not_allowed", F::Absent),
-        (Method::PUT, "/v1/rounds".into(), "".into(), 405, "method_not_allowed", F::Absent),
-        (Method::DELETE, "/v1/rounds/r".into(), "".into(), 405, "method_not_allowed", F::Absent),
-        (Method::POST, "/healthz".into(), "".into(), 405, "method_not_allowed", F::Absent),
-        (Method::POST, "/v1/users/u1/wins".into(), "".into(), 405, "method_not_allowed", F::Absent),
-        (Method::PUT, "/admin/api/config".into(), "".into(), 405, "method_not_allowed", F::Absent),
-        (Method::GET, "/".into(), "".into(), 404, "not_found", F::Absent),
-        (Method::GET, "/v2/rounds".into(), "".into(), 404, "not_found", F::Absent),
-        (Method::GET, "/v1/rounds/r/draw/again".into(), "".into(), 404, "not_found", F::Absent),
-        (Method::GET, "/v1/rounds/nope".into(), "".into(), 404, "not_found", F::Absent),
-        (Method::GET, "/v1/users/a%20b/wins".into(), "".into(), 400, "invalid_field", F::Is("user")),
-        (Method::GET, format!("/v1/users/{}/wins", "a".repeat(65)), "".into(), 400, "invalid_field", F::Is("user")),
+        (
+            Method::POST,
+            d.clone(),
+            r#"{"user":"u1","request_id":"#.into(),
+            400,
+            "malformed_json",
+            F::Any,
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            "not json".into(),
+            400,
+            "malformed_json",
+            F::Absent,
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            "".into(),
+            400,
+            "malformed_json",
+            F::Absent,
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            r#"{"user":"u1","request_id":"r1","shakes":1} trailing"#.into(),
+            400,
+            "malformed_json",
+            F::Absent,
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!(5), json!("r1"), json!(1)),
+            400,
+            "invalid_field",
+            F::Is("user"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!("u1"), json!(7), json!(1)),
+            400,
+            "invalid_field",
+            F::Is("request_id"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!("u1"), json!("r1"), json!("3")),
+            400,
+            "invalid_field",
+            F::Is("shakes"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!("u1"), json!("r1"), json!(-1)),
+            400,
+            "invalid_field",
+            F::Is("shakes"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!("u1"), json!("r1"), json!(1.5)),
+            400,
+            "invalid_field",
+            F::Is("shakes"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!("u1"), json!("r1"), json!(0)),
+            400,
+            "invalid_field",
+            F::Is("shakes"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!("u1"), json!("r1"), json!(21)),
+            400,
+            "invalid_field",
+            F::Is("shakes"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!("a b"), json!("r1"), json!(1)),
+            400,
+            "invalid_field",
+            F::Is("user"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!("ünï"), json!("r1"), json!(1)),
+            400,
+            "invalid_field",
+            F::Is("user"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!("a/b"), json!("r1"), json!(1)),
+            400,
+            "invalid_field",
+            F::Is("user"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!(""), json!("r1"), json!(1)),
+            400,
+            "invalid_field",
+            F::Is("user"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!(user65), json!("r1"), json!(1)),
+            400,
+            "invalid_field",
+            F::Is("user"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!("u1"), json!("r 1"), json!(1)),
+            400,
+            "invalid_field",
+            F::Is("request_id"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            draw_body(json!(null), json!("r1"), json!(1)),
+            400,
+            "invalid_field",
+            F::Is("user"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            r#"{"request_id":"r1","shakes":1}"#.into(),
+            400,
+            "invalid_field",
+            F::Named("user"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            r#"{"user":"u1","shakes":1}"#.into(),
+            400,
+            "invalid_field",
+            F::Named("request_id"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            r#"{"user":"u1","request_id":"r1","shakes":1,"extra":true}"#.into(),
+            400,
+            "invalid_field",
+            F::Is("extra"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            r#"{"user":"u1","user":"u2","request_id":"r1"}"#.into(),
+            400,
+            "invalid_field",
+            F::Named("user"),
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            "[]".into(),
+            400,
+            "invalid_field",
+            F::Absent,
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            "null".into(),
+            400,
+            "invalid_field",
+            F::Absent,
+        ),
+        (
+            Method::POST,
+            "/v1/rounds/nope/draw".into(),
+            draw_body(json!("u1"), json!("r1"), json!(1)),
+            404,
+            "not_found",
+            F::Absent,
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            String::from_utf8(padded_body("u1", 4097)).unwrap(),
+            413,
+            "body_too_large",
+            F::Absent,
+        ),
+        (
+            Method::POST,
+            d.clone(),
+            String::from_utf8(padded_body("u1", 64 << 10)).unwrap(),
+            413,
+            "body_too_large",
+            F::Absent,
+        ),
+        (
+            Method::GET,
+            d.clone(),
+            "".into(),
+            405,
+            "method_not_allowed",
+            F::Absent,
+        ),
+        (
+            Method::PUT,
+            "/v1/rounds".into(),
+            "".into(),
+            405,
+            "method_not_allowed",
+            F::Absent,
+        ),
+        (
+            Method::DELETE,
+            "/v1/rounds/r".into(),
+            "".into(),
+            405,
+            "method_not_allowed",
+            F::Absent,
+        ),
+        (
+            Method::POST,
+            "/healthz".into(),
+            "".into(),
+            405,
+            "method_not_allowed",
+            F::Absent,
+        ),
+        (
+            Method::POST,
+            "/v1/users/u1/wins".into(),
+            "".into(),
+            405,
+            "method_not_allowed",
+            F::Absent,
+        ),
+        (
+            Method::PUT,
+            "/admin/api/config".into(),
+            "".into(),
+            405,
+            "method_not_allowed",
+            F::Absent,
+        ),
+        (
+            Method::GET,
+            "/".into(),
+            "".into(),
+            404,
+            "not_found",
+            F::Absent,
+        ),
+        (
+            Method::GET,
+            "/v2/rounds".into(),
+            "".into(),
+            404,
+            "not_found",
+            F::Absent,
+        ),
+        (
+            Method::GET,
+            "/v1/rounds/r/draw/again".into(),
+            "".into(),
+            404,
+            "not_found",
+            F::Absent,
+        ),
+        (
+            Method::GET,
+            "/v1/rounds/nope".into(),
+            "".into(),
+            404,
+            "not_found",
+            F::Absent,
+        ),
+        (
+            Method::GET,
+            "/v1/users/a%20b/wins".into(),
+            "".into(),
+            400,
+            "invalid_field",
+            F::Is("user"),
+        ),
+        (
+            Method::GET,
+            format!("/v1/users/{}/wins", "a".repeat(65)),
+            "".into(),
+            400,
+            "invalid_field",
+            F::Is("user"),
+        ),
     ]
 }
 
@@ -557,9 +1102,25 @@ async fn bad_input_gets_a_json_4xx_and_changes_nothing() {
 
     // The limits' edges are accepted: a 64-byte user id, a 4096-byte body, a chunked body.
     let long_ok = "a".repeat(64);
-    assert_eq!(draw_ok(&mut c, "r", &long_ok, "edge", 1).await["outcome"], "win");
-    let r = c.send(Method::POST, "/v1/rounds/r/draw", &[("content-type", "application/json")], padded_body("padded-user", 4096)).await.unwrap();
-    assert_eq!(r.status, 200, "a body of exactly 4 KiB is allowed: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        draw_ok(&mut c, "r", &long_ok, "edge", 1).await["outcome"],
+        "win"
+    );
+    let r = c
+        .send(
+            Method::POST,
+            "/v1/rounds/r/draw",
+            &[("content-type", "application/json")],
+            padded_body("padded-user", 4096),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status,
+        200,
+        "a body of exactly 4 KiB is allowed: {}",
+        String::from_utf8_lossy(&r.body)
+    );
     let (status, body) = raw_request(addr, &chunked_draw(&padded_body("chunked-user", 3000))).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 
@@ -567,13 +1128,23 @@ async fn bad_input_gets_a_json_4xx_and_changes_nothing() {
     let issued_before = issued(&mut c, "r").await;
 
     let user65 = "a".repeat(65);
-    let draw_body = |user: Value, request_id: Value, shakes: Value| json!({"user": user, "request_id": request_id, "shakes": shakes}).to_string();
+    let draw_body = |user: Value, request_id: Value, shakes: Value| {
+        json!({"user": user, "request_id": request_id, "shakes": shakes}).to_string()
+    };
     let cases = bad_requests(&user65, draw_body);
     let mut failures = Vec::new();
     for (method, path, body, status, code, field) in &cases {
         // A fresh connection each time: the engine may close one after refusing a body.
         let mut c = Conn::connect(addr).await.unwrap();
-        let r = c.send(method.clone(), path, &[("content-type", "application/json")], Bytes::from(body.clone())).await.unwrap();
+        let r = c
+            .send(
+                method.clone(),
+                path,
+                &[("content-type", "application/json")],
+                Bytes::from(body.clone()),
+            )
+            .await
+            .unwrap();
         let v = r.json();
         let short: String = body.chars().take(80).collect();
         let message = v["message"].as_str().unwrap_or("");
@@ -582,10 +1153,17 @@ async fn bad_input_gets_a_json_4xx_and_changes_nothing() {
             F::Is(f) => v["field"] == *f,
             F::Any => true,
             // The field at fault must be named, in "field" or at least in the message.
-            F::Named(f) => v["field"] == *f || (v.get("field").is_none() && message.contains(&format!("`{f}`"))),
+            F::Named(f) => {
+                v["field"] == *f
+                    || (v.get("field").is_none() && message.contains(&format!("`{f}`")))
+            }
         };
         if r.status != *status || v["code"] != *code || message.is_empty() || !field_ok {
-            failures.push(format!("{method} {path} {short:?}: want {status} {code} field {field:?}; got {} {}", r.status, String::from_utf8_lossy(&r.body)));
+            failures.push(format!(
+                "{method} {path} {short:?}: want {status} {code} field {field:?}; got {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ));
         }
     }
     // Oversized bodies sent chunked (no content-length) are refused while being read.
@@ -593,16 +1171,29 @@ async fn bad_input_gets_a_json_4xx_and_changes_nothing() {
     let (status, body) = raw_request(addr, &chunked_draw(&big)).await;
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if status != 413 || v["code"] != "body_too_large" {
-        failures.push(format!("chunked 6000-byte body: got {status} {}", String::from_utf8_lossy(&body)));
+        failures.push(format!(
+            "chunked 6000-byte body: got {status} {}",
+            String::from_utf8_lossy(&body)
+        ));
     }
 
     // Nothing moved: draws, wins, replays, refusals, config, issued, the users' win lists.
     let after = metrics(&mut c).await;
-    assert_eq!(draw_counters(&after), draw_counters(&before), "a refused request changed the counters");
+    assert_eq!(
+        draw_counters(&after),
+        draw_counters(&before),
+        "a refused request changed the counters"
+    );
     assert_eq!(issued(&mut c, "r").await, issued_before);
     assert!(wins_of(&mut c, "u1").await.is_empty());
     assert_eq!(get_ok(&mut c, "/healthz").await, json!({"status": "ok"}));
-    assert!(failures.is_empty(), "{} of {} bad requests were answered wrongly:\n{}", failures.len(), cases.len() + 1, failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad requests were answered wrongly:\n{}",
+        failures.len(),
+        cases.len() + 1,
+        failures.join("\n")
+    );
     server.stop().await;
 }
 
@@ -622,14 +1213,28 @@ async fn missing_and_duplicate_fields_are_named_in_field() {
         (r#"{"user":"u1","shakes":1}"#, "request_id"),
         (r#"{"user":"u1","user":"u2","request_id":"r1"}"#, "user"),
     ] {
-        let r = c.send(Method::POST, "/v1/rounds/r/draw", &[("content-type", "application/json")], Bytes::from(body)).await.unwrap();
+        let r = c
+            .send(
+                Method::POST,
+                "/v1/rounds/r/draw",
+                &[("content-type", "application/json")],
+                Bytes::from(body),
+            )
+            .await
+            .unwrap();
         let v = r.json();
-        if (r.status, v["code"].as_str(), v["field"].as_str()) != (400, Some("invalid_field"), Some(field)) {
+        if (r.status, v["code"].as_str(), v["field"].as_str())
+            != (400, Some("invalid_field"), Some(field))
+        {
             wrong.push(format!("{body}: {} {v}", r.status));
         }
     }
     server.stop().await;
-    assert!(wrong.is_empty(), "the field at fault is not in \"field\":\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "the field at fault is not in \"field\":\n{}",
+        wrong.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -663,21 +1268,47 @@ async fn a_request_id_draws_once_however_often_it_is_sent() {
     // Later retries, even at another time and with another shake count, get the same answer.
     for i in 0..20 {
         server.clock.advance(100);
-        let r = draw(&mut c, "r", "idem-user", "req-1", if i % 2 == 0 { 5 } else { 1 }).await;
+        let r = draw(
+            &mut c,
+            "r",
+            "idem-user",
+            "req-1",
+            if i % 2 == 0 { 5 } else { 1 },
+        )
+        .await;
         assert_eq!(r.status, 200);
         bodies.push(r.body);
     }
     let first = bodies[0].clone();
-    assert!(bodies.iter().all(|b| *b == first), "the answers differ: {:?}", bodies.iter().map(|b| String::from_utf8_lossy(b).to_string()).collect::<BTreeSet<_>>());
+    assert!(
+        bodies.iter().all(|b| *b == first),
+        "the answers differ: {:?}",
+        bodies
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).to_string())
+            .collect::<BTreeSet<_>>()
+    );
     let v: Value = serde_json::from_slice(&first).unwrap();
     assert_eq!(v["outcome"], "win");
     let wins = wins_in(&v);
     assert_eq!(wins.len(), 5);
 
     let after = metrics(&mut c).await;
-    assert_eq!(total_draws(&after) - total_draws(&before), 1, "one draw happened");
-    assert_eq!(metric(&after, "redrain_draw_replays_total") - metric(&before, "redrain_draw_replays_total"), 39.0);
-    assert_eq!(total_wins(&after) - total_wins(&before), 5, "wins counted once");
+    assert_eq!(
+        total_draws(&after) - total_draws(&before),
+        1,
+        "one draw happened"
+    );
+    assert_eq!(
+        metric(&after, "redrain_draw_replays_total")
+            - metric(&before, "redrain_draw_replays_total"),
+        39.0
+    );
+    assert_eq!(
+        total_wins(&after) - total_wins(&before),
+        5,
+        "wins counted once"
+    );
     assert_eq!(issued(&mut c, "r").await["cash"], 5);
     let listed = wins_of(&mut c, "idem-user").await;
     assert_listed("idem-user", &listed, &wins, "r");
@@ -685,7 +1316,11 @@ async fn a_request_id_draws_once_however_often_it_is_sent() {
     // The same request id from another user is another request.
     let other = draw_ok(&mut c, "r", "idem-other", "req-1", 5).await;
     assert_eq!(wins_in(&other).len(), 5);
-    let ids: BTreeSet<_> = wins.iter().chain(wins_in(&other).iter()).map(|w| w["win_id"].as_str().unwrap().to_string()).collect();
+    let ids: BTreeSet<_> = wins
+        .iter()
+        .chain(wins_in(&other).iter())
+        .map(|w| w["win_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 10, "win ids are unique across users");
     server.stop().await;
 }
@@ -701,7 +1336,10 @@ async fn caps_hold_under_one_users_concurrent_requests() {
     // Round "r": a 25% win chance per shake, a round cap of 30, ample quota.
     // Rounds "ca" and "cb" share campaign "camp": at most 5 wins and 1000 cents per user.
     let text = campaign("c", "")
-        + &campaign("camp", "max_wins_per_user = 5\nmax_cash_cents_per_user = 1000")
+        + &campaign(
+            "camp",
+            "max_wins_per_user = 5\nmax_cash_cents_per_user = 1000",
+        )
         + PARTNERS
         + &live_round("r", "c", ROUND_CAP as u32, 3)
         + &cash_prize("cash-r", 10, 1_000_000, 1_000_000, 1)
@@ -737,13 +1375,28 @@ async fn caps_hold_under_one_users_concurrent_requests() {
             s => panic!("unexpected {s}: {}", String::from_utf8_lossy(&r.body)),
         }
     }
-    assert!(wins.len() <= ROUND_CAP, "{} wins passed the round cap of {ROUND_CAP}", wins.len());
+    assert!(
+        wins.len() <= ROUND_CAP,
+        "{} wins passed the round cap of {ROUND_CAP}",
+        wins.len()
+    );
     // At least 33 requests were served (one running plus 32 waiting), 660 shakes at 25%:
     // reaching the cap is certain in practice, so this also shows the test drew enough.
-    assert!(served > redrain::userlock::MAX_WAITING_PER_USER, "only {served} served");
+    assert!(
+        served > redrain::userlock::MAX_WAITING_PER_USER,
+        "only {served} served"
+    );
     assert_eq!(wins.len(), ROUND_CAP);
-    assert_listed("many-devices", &wins_of(&mut c, "many-devices").await, &wins, "r");
-    assert_eq!(draw_ok(&mut c, "r", "many-devices", "after", 20).await["outcome"], "capped");
+    assert_listed(
+        "many-devices",
+        &wins_of(&mut c, "many-devices").await,
+        &wins,
+        "r",
+    );
+    assert_eq!(
+        draw_ok(&mut c, "r", "many-devices", "after", 20).await["outcome"],
+        "capped"
+    );
 
     // Campaign caps across two rounds, under 30 concurrent requests alternating the rounds.
     let barrier = Arc::new(Barrier::new(30));
@@ -764,26 +1417,46 @@ async fn caps_hold_under_one_users_concurrent_requests() {
         wins.extend(wins_in(&r.json()));
     }
     let cash: u64 = wins.iter().filter_map(|w| w["amount_cents"].as_u64()).sum();
-    assert!(cash <= 1000, "{cash} cents passed the campaign cash cap of 1000: {wins:?}");
-    assert_eq!(wins.len(), 5, "the campaign win cap is 5 (coupons always fit): {wins:?}");
+    assert!(
+        cash <= 1000,
+        "{cash} cents passed the campaign cash cap of 1000: {wins:?}"
+    );
+    assert_eq!(
+        wins.len(),
+        5,
+        "the campaign win cap is 5 (coupons always fit): {wins:?}"
+    );
     let listed = wins_of(&mut c, "two-rounds").await;
     assert_eq!(listed.len(), 5);
     for round in ["ca", "cb"] {
-        assert_eq!(draw_ok(&mut c, round, "two-rounds", &format!("after-{round}"), 3).await["outcome"], "capped");
+        assert_eq!(
+            draw_ok(&mut c, round, "two-rounds", &format!("after-{round}"), 3).await["outcome"],
+            "capped"
+        );
     }
 
     // The cash cap alone: three 300-cent wins fit under 1000, a fourth does not; coupons still do.
     let v = draw_ok(&mut c, "ca", "cash-user", "1", 20).await;
     assert_eq!(wins_in(&v).len(), 3, "{v}");
     let v = draw_ok(&mut c, "ca", "cash-user", "2", 20).await;
-    assert_eq!(v["outcome"], "none", "the cash cap refuses cash without capping the user: {v}");
+    assert_eq!(
+        v["outcome"], "none",
+        "the cash cap refuses cash without capping the user: {v}"
+    );
     let v = draw_ok(&mut c, "cb", "cash-user", "3", 20).await;
     let w = wins_in(&v);
     assert_eq!(w.len(), 2, "two coupons reach the campaign's 5 wins: {v}");
     assert!(w.iter().all(|w| w["prize"] == "coupon-b"), "{v}");
-    assert_eq!(draw_ok(&mut c, "cb", "cash-user", "4", 20).await["outcome"], "capped");
+    assert_eq!(
+        draw_ok(&mut c, "cb", "cash-user", "4", 20).await["outcome"],
+        "capped"
+    );
     let m = metrics(&mut c).await;
-    assert_eq!(metric(&m, "redrain_users_in_flight"), 0.0, "every user lock was released");
+    assert_eq!(
+        metric(&m, "redrain_users_in_flight"),
+        0.0,
+        "every user lock was released"
+    );
     assert!(metric(&m, "redrain_user_busy_total") >= (50 - served) as f64);
     server.stop().await;
 }
@@ -825,50 +1498,126 @@ paused = {paused_prize}
 async fn recurring_round_resets_counters_caps_and_windows_and_kill_switches_stop_draws() {
     let dir = tempfile::tempdir().unwrap();
     let start = ms("2030-01-01T00:00:00Z");
-    let server = Server::with_config(dir.path(), &recurring_config(false, false, false), start + 1_000).await;
+    let server = Server::with_config(
+        dir.path(),
+        &recurring_config(false, false, false),
+        start + 1_000,
+    )
+    .await;
     let mut c = server.conn().await;
 
     // Occurrence 0: the quota of 3 runs out, "a" reaches the cap of 2.
     let a0 = draw_ok(&mut c, "rec", "a", "a0", 20).await;
-    assert_eq!((wins_in(&a0).len(), a0["occurrence"].as_u64()), (2, Some(0)), "{a0}");
-    assert_eq!(wins_in(&draw_ok(&mut c, "rec", "b", "b0", 20).await).len(), 1);
-    assert_eq!(draw_ok(&mut c, "rec", "c", "c0", 20).await["outcome"], "none");
-    assert_eq!(draw_ok(&mut c, "rec", "a", "a1", 1).await["outcome"], "capped");
+    assert_eq!(
+        (wins_in(&a0).len(), a0["occurrence"].as_u64()),
+        (2, Some(0)),
+        "{a0}"
+    );
+    assert_eq!(
+        wins_in(&draw_ok(&mut c, "rec", "b", "b0", 20).await).len(),
+        1
+    );
+    assert_eq!(
+        draw_ok(&mut c, "rec", "c", "c0", 20).await["outcome"],
+        "none"
+    );
+    assert_eq!(
+        draw_ok(&mut c, "rec", "a", "a1", 1).await["outcome"],
+        "capped"
+    );
     server.clock.set(start + 21_000);
-    assert_eq!(draw_ok(&mut c, "rec", "b", "b1", 1).await["reason"], "window_closed");
+    assert_eq!(
+        draw_ok(&mut c, "rec", "b", "b1", 1).await["reason"],
+        "window_closed"
+    );
 
     // Between occurrences the round is upcoming; nobody may draw.
     server.clock.set(start + 55_000);
     let v = get_ok(&mut c, "/v1/rounds/rec").await;
-    assert_eq!((v["status"].as_str(), v["occurrence"].as_u64()), (Some("upcoming"), Some(1)), "{v}");
-    assert_eq!(draw_ok(&mut c, "rec", "d", "d0", 1).await["reason"], "round_not_live");
+    assert_eq!(
+        (v["status"].as_str(), v["occurrence"].as_u64()),
+        (Some("upcoming"), Some(1)),
+        "{v}"
+    );
+    assert_eq!(
+        draw_ok(&mut c, "rec", "d", "d0", 1).await["reason"],
+        "round_not_live"
+    );
 
     // Occurrence 1: fresh counters, caps and windows.
     server.clock.set(start + 61_000);
     let v = get_ok(&mut c, "/v1/rounds/rec").await;
-    assert_eq!((v["status"].as_str(), v["occurrence"].as_u64(), v["prizes"][0]["issued"].as_u64()), (Some("live"), Some(1), Some(0)), "{v}");
+    assert_eq!(
+        (
+            v["status"].as_str(),
+            v["occurrence"].as_u64(),
+            v["prizes"][0]["issued"].as_u64()
+        ),
+        (Some("live"), Some(1), Some(0)),
+        "{v}"
+    );
     let a2 = draw_ok(&mut c, "rec", "a", "a2", 20).await;
-    assert_eq!((wins_in(&a2).len(), a2["occurrence"].as_u64()), (2, Some(1)), "{a2}");
-    assert_eq!(draw_ok(&mut c, "rec", "b", "b2", 1).await["outcome"], "win", "b's window reopened");
+    assert_eq!(
+        (wins_in(&a2).len(), a2["occurrence"].as_u64()),
+        (2, Some(1)),
+        "{a2}"
+    );
+    assert_eq!(
+        draw_ok(&mut c, "rec", "b", "b2", 1).await["outcome"],
+        "win",
+        "b's window reopened"
+    );
     assert_eq!(issued(&mut c, "rec").await["rec-cash"], 3);
     let listed = wins_of(&mut c, "a").await;
-    let occurrences: Vec<u64> = listed.iter().map(|w| w["occurrence"].as_u64().unwrap()).collect();
+    let occurrences: Vec<u64> = listed
+        .iter()
+        .map(|w| w["occurrence"].as_u64().unwrap())
+        .collect();
     assert_eq!(occurrences, vec![0, 0, 1, 1]);
 
     // Kill switches, each published live in occurrence 2 (fresh quota); "e" draws nothing
     // while any is on, and wins once all are off.
     server.clock.set(start + 121_000);
-    for (campaign, round, prize, want) in [(false, false, true, "none"), (false, true, false, "paused"), (true, false, false, "paused")] {
-        let r = publish(&mut c, &recurring_config(campaign, round, prize), "application/toml", Some(TOKEN)).await;
+    for (campaign, round, prize, want) in [
+        (false, false, true, "none"),
+        (false, true, false, "paused"),
+        (true, false, false, "paused"),
+    ] {
+        let r = publish(
+            &mut c,
+            &recurring_config(campaign, round, prize),
+            "application/toml",
+            Some(TOKEN),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let v = draw_ok(&mut c, "rec", "e", &format!("e-{campaign}-{round}-{prize}"), 5).await;
+        let v = draw_ok(
+            &mut c,
+            "rec",
+            "e",
+            &format!("e-{campaign}-{round}-{prize}"),
+            5,
+        )
+        .await;
         assert!(wins_in(&v).is_empty(), "{v}");
-        assert!(v["outcome"] == want || v["reason"] == want, "want {want}: {v}");
+        assert!(
+            v["outcome"] == want || v["reason"] == want,
+            "want {want}: {v}"
+        );
     }
     assert_eq!(get_ok(&mut c, "/v1/rounds/rec").await["paused"], true);
-    let r = publish(&mut c, &recurring_config(false, false, false), "application/toml", Some(TOKEN)).await;
+    let r = publish(
+        &mut c,
+        &recurring_config(false, false, false),
+        "application/toml",
+        Some(TOKEN),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert_eq!(draw_ok(&mut c, "rec", "e", "e-on", 1).await["outcome"], "win");
+    assert_eq!(
+        draw_ok(&mut c, "rec", "e", "e-on", 1).await["outcome"],
+        "win"
+    );
     server.stop().await;
 }
 
@@ -883,11 +1632,22 @@ async fn recurring_round_resets_counters_caps_and_windows_and_kill_switches_stop
 async fn a_past_occurrence_does_not_block_lowering_a_recurring_quota() {
     let dir = tempfile::tempdir().unwrap();
     let start = ms("2030-01-01T00:00:00Z");
-    let server = Server::with_config(dir.path(), &recurring_config(false, false, false), start + 1_000).await;
+    let server = Server::with_config(
+        dir.path(),
+        &recurring_config(false, false, false),
+        start + 1_000,
+    )
+    .await;
     let mut c = server.conn().await;
     // Occurrence 0 issues its whole quota of 3.
-    assert_eq!(wins_in(&draw_ok(&mut c, "rec", "a", "1", 20).await).len(), 2);
-    assert_eq!(wins_in(&draw_ok(&mut c, "rec", "b", "1", 20).await).len(), 1);
+    assert_eq!(
+        wins_in(&draw_ok(&mut c, "rec", "a", "1", 20).await).len(),
+        2
+    );
+    assert_eq!(
+        wins_in(&draw_ok(&mut c, "rec", "b", "1", 20).await).len(),
+        1
+    );
     // Occurrence 1 has issued nothing; lower the quota to 2 for it and later ones.
     server.clock.set(start + 61_000);
     assert_eq!(issued(&mut c, "rec").await["rec-cash"], 0);
@@ -895,7 +1655,10 @@ async fn a_past_occurrence_does_not_block_lowering_a_recurring_quota() {
     let r = publish(&mut c, &lowered, "application/toml", Some(TOKEN)).await;
     let body = String::from_utf8_lossy(&r.body).to_string();
     server.stop().await;
-    assert_eq!(r.status, 200, "lowering the quota of the live occurrence (issued 0) to 2 was refused: {body}");
+    assert_eq!(
+        r.status, 200,
+        "lowering the quota of the live occurrence (issued 0) to 2 was refused: {body}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -907,20 +1670,50 @@ async fn a_node_issues_only_its_share_of_quota_and_rate() {
     // Node 2 of 3: quota 5 → 5/3 + (2 < 5%3 = 2 → no) = 1; rate 15 → 5 a second.
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("config.toml");
-    let text = campaign("c", "") + PARTNERS + &live_round("small", "c", 1000, 0) + &cash_prize("small-q", 1, 5, 1000, 1)
-        + &live_round("fast", "c", 1_000_000, 0) + &cash_prize("fast-r", 1, 1_000_000, 15, 1);
+    let text = campaign("c", "")
+        + PARTNERS
+        + &live_round("small", "c", 1000, 0)
+        + &cash_prize("small-q", 1, 5, 1000, 1)
+        + &live_round("fast", "c", 1_000_000, 0)
+        + &cash_prize("fast-r", 1, 1_000_000, 15, 1);
     std::fs::write(&config_path, text).unwrap();
     let share = quota::store::NodeShare::new(2, 3).unwrap();
     let base = t0() + 7_000;
-    let server = Server::start_with(&config_path, &dir.path().join("data"), Arc::new(quota::clock::ManualClock::new(base)), share).await;
+    let server = Server::start_with(
+        &config_path,
+        &dir.path().join("data"),
+        Arc::new(quota::clock::ManualClock::new(base)),
+        share,
+    )
+    .await;
     let mut c = server.conn().await;
     let v = get_ok(&mut c, "/v1/rounds/small").await;
-    assert_eq!((v["prizes"][0]["quota"].as_u64(), v["prizes"][0]["node_quota"].as_u64()), (Some(5), Some(1)), "{v}");
+    assert_eq!(
+        (
+            v["prizes"][0]["quota"].as_u64(),
+            v["prizes"][0]["node_quota"].as_u64()
+        ),
+        (Some(5), Some(1)),
+        "{v}"
+    );
     let v = get_ok(&mut c, "/v1/rounds/fast").await;
-    assert_eq!((v["prizes"][0]["rate_per_s"].as_u64(), v["prizes"][0]["node_rate_per_s"].as_u64()), (Some(15), Some(5)), "{v}");
+    assert_eq!(
+        (
+            v["prizes"][0]["rate_per_s"].as_u64(),
+            v["prizes"][0]["node_rate_per_s"].as_u64()
+        ),
+        (Some(15), Some(5)),
+        "{v}"
+    );
 
-    assert_eq!(wins_in(&draw_ok(&mut c, "small", "a", "1", 20).await).len(), 1);
-    assert_eq!(draw_ok(&mut c, "small", "b", "1", 20).await["outcome"], "none");
+    assert_eq!(
+        wins_in(&draw_ok(&mut c, "small", "a", "1", 20).await).len(),
+        1
+    );
+    assert_eq!(
+        draw_ok(&mut c, "small", "b", "1", 20).await["outcome"],
+        "none"
+    );
     let mut total = 0;
     for s in 0..10 {
         server.clock.set(base + s * 100);
@@ -932,8 +1725,14 @@ async fn a_node_issues_only_its_share_of_quota_and_rate() {
     // The share survives a restart.
     let server = server.restart().await;
     let mut c = server.conn().await;
-    assert_eq!(get_ok(&mut c, "/v1/rounds/small").await["prizes"][0]["issued"], 1);
-    assert_eq!(draw_ok(&mut c, "small", "c", "1", 20).await["outcome"], "none");
+    assert_eq!(
+        get_ok(&mut c, "/v1/rounds/small").await["prizes"][0]["issued"],
+        1
+    );
+    assert_eq!(
+        draw_ok(&mut c, "small", "c", "1", 20).await["outcome"],
+        "none"
+    );
     server.stop().await;
 }
 
@@ -942,7 +1741,10 @@ async fn a_node_issues_only_its_share_of_quota_and_rate() {
 // ---------------------------------------------------------------------------------------------
 
 fn restart_config(quota: u64) -> String {
-    campaign("c", "") + PARTNERS + &live_round("r", "c", 3, 0) + &cash_prize("cash", 100, quota, 1000, 1)
+    campaign("c", "")
+        + PARTNERS
+        + &live_round("r", "c", 3, 0)
+        + &cash_prize("cash", 100, quota, 1000, 1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -953,10 +1755,17 @@ async fn counters_caps_configs_and_request_records_survive_a_restart() {
 
     let alice_a1 = draw(&mut c, "r", "alice", "a1", 20).await;
     assert_eq!(alice_a1.status, 200);
-    assert_eq!(wins_in(&alice_a1.json()).len(), 3, "alice reaches the round cap");
+    assert_eq!(
+        wins_in(&alice_a1.json()).len(),
+        3,
+        "alice reaches the round cap"
+    );
     let bob_b1 = draw(&mut c, "r", "bob", "b1", 1).await;
     assert_eq!(wins_in(&bob_b1.json()).len(), 1);
-    assert_eq!(draw_ok(&mut c, "r", "alice", "a2", 1).await["outcome"], "capped");
+    assert_eq!(
+        draw_ok(&mut c, "r", "alice", "a2", 1).await["outcome"],
+        "capped"
+    );
     // An admin publish raises the quota to 8 (seq 2); it must outlive the restart.
     let r = publish(&mut c, &restart_config(8), "application/toml", Some(TOKEN)).await;
     assert_eq!((r.status, r.json()), (200, json!({"seq": 2})));
@@ -967,19 +1776,47 @@ async fn counters_caps_configs_and_request_records_survive_a_restart() {
     let server = server.restart().await;
     let mut c = server.conn().await;
     assert_eq!(issued(&mut c, "r").await["cash"], 4, "issued survives");
-    assert_eq!(config_seq(&mut c).await, 2, "the admin-published config survives");
-    assert_eq!(get_ok(&mut c, "/v1/rounds/r").await["prizes"][0]["quota"], 8);
+    assert_eq!(
+        config_seq(&mut c).await,
+        2,
+        "the admin-published config survives"
+    );
+    assert_eq!(
+        get_ok(&mut c, "/v1/rounds/r").await["prizes"][0]["quota"],
+        8
+    );
     let again = draw(&mut c, "r", "alice", "a1", 20).await;
-    assert_eq!(again.body, alice_a1.body, "a replayed request id returns the stored body");
+    assert_eq!(
+        again.body, alice_a1.body,
+        "a replayed request id returns the stored body"
+    );
     assert_eq!(draw(&mut c, "r", "bob", "b1", 1).await.body, bob_b1.body);
-    assert_eq!(metric(&metrics(&mut c).await, "redrain_draw_replays_total"), 2.0);
-    assert_eq!(draw_ok(&mut c, "r", "alice", "a3", 20).await["outcome"], "capped", "a capped user stays capped");
+    assert_eq!(
+        metric(&metrics(&mut c).await, "redrain_draw_replays_total"),
+        2.0
+    );
+    assert_eq!(
+        draw_ok(&mut c, "r", "alice", "a3", 20).await["outcome"],
+        "capped",
+        "a capped user stays capped"
+    );
     assert_eq!(wins_of(&mut c, "alice").await, alice_wins);
     // The restored counter allows exactly the rest of the quota: 8 - 4.
     server.clock.advance(100);
-    assert_eq!(wins_in(&draw_ok(&mut c, "r", "bob", "b2", 20).await).len(), 2, "bob reaches the cap of 3");
-    assert_eq!(wins_in(&draw_ok(&mut c, "r", "carol", "c1", 20).await).len(), 2, "the quota of 8 runs out");
-    assert_eq!(draw_ok(&mut c, "r", "dave", "d1", 20).await["outcome"], "none");
+    assert_eq!(
+        wins_in(&draw_ok(&mut c, "r", "bob", "b2", 20).await).len(),
+        2,
+        "bob reaches the cap of 3"
+    );
+    assert_eq!(
+        wins_in(&draw_ok(&mut c, "r", "carol", "c1", 20).await).len(),
+        2,
+        "the quota of 8 runs out"
+    );
+    assert_eq!(
+        draw_ok(&mut c, "r", "dave", "d1", 20).await["outcome"],
+        "none"
+    );
     assert_eq!(issued(&mut c, "r").await["cash"], 8);
     drop(c);
 
@@ -989,12 +1826,23 @@ async fn counters_caps_configs_and_request_records_survive_a_restart() {
     let mut c = server.conn().await;
     assert_eq!(config_seq(&mut c).await, 3);
     assert_eq!(issued(&mut c, "r").await["cash"], 8);
-    assert_eq!(wins_in(&draw_ok(&mut c, "r", "erin", "e1", 20).await).len(), 1, "one more under the file's quota of 9");
+    assert_eq!(
+        wins_in(&draw_ok(&mut c, "r", "erin", "e1", 20).await).len(),
+        1,
+        "one more under the file's quota of 9"
+    );
     drop(c);
     let server = server.restart().await;
     let mut c = server.conn().await;
-    assert_eq!(config_seq(&mut c).await, 3, "an unchanged file is not published again");
+    assert_eq!(
+        config_seq(&mut c).await,
+        3,
+        "an unchanged file is not published again"
+    );
     assert_eq!(issued(&mut c, "r").await["cash"], 9);
-    assert_eq!(draw_ok(&mut c, "r", "frank", "f1", 20).await["outcome"], "none");
+    assert_eq!(
+        draw_ok(&mut c, "r", "frank", "f1", 20).await["outcome"],
+        "none"
+    );
     server.stop().await;
 }

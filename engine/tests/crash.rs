@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{campaign, cash_prize, coupon_prize, get_ok, issued, live_round, wins_of, PARTNERS, TOKEN};
+use common::{
+    campaign, cash_prize, coupon_prize, get_ok, issued, live_round, wins_of, PARTNERS, TOKEN,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use redrain::client::Conn;
@@ -34,8 +36,10 @@ const TASKS: usize = 6;
 /// Win-heavy (80% of shakes pick a prize), small quotas, a round cap of 4 and a campaign cash
 /// cap of 250 cents (two 100-cent wins): 200 users can use the quotas up.
 fn config() -> String {
-    campaign("crash", &format!("max_cash_cents_per_user = {CASH_CAP_CENTS}"))
-        + PARTNERS
+    campaign(
+        "crash",
+        &format!("max_cash_cents_per_user = {CASH_CAP_CENTS}"),
+    ) + PARTNERS
         + &live_round("crash", "crash", ROUND_CAP as u32, 1)
         + &cash_prize("cash-w", CASH_AMOUNT, QUOTAS[0].1, 1_000_000, 3)
         + &coupon_prize("coupon-w", "latte", QUOTAS[1].1, 100_000, 1)
@@ -63,7 +67,16 @@ impl Engine {
             .arg(config)
             .arg("--data")
             .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--admin-token", TOKEN, "--seed", "1", "--threads", "2"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-token",
+                TOKEN,
+                "--seed",
+                "1",
+                "--threads",
+                "2",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
@@ -86,10 +99,17 @@ impl Engine {
         })
         .await;
         match addr {
-            Ok(Some(addr)) => Engine { child, addr, _stdout: stdout },
+            Ok(Some(addr)) => Engine {
+                child,
+                addr,
+                _stdout: stdout,
+            },
             other => {
                 let _ = child.start_kill();
-                panic!("redrain did not start ({other:?}); its log:\n{}", std::fs::read_to_string(log).unwrap_or_default())
+                panic!(
+                    "redrain did not start ({other:?}); its log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
             }
         }
     }
@@ -142,19 +162,36 @@ impl Ledger {
         }
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         for w in v["wins"].as_array().into_iter().flatten() {
-            self.wins.push(AckedWin { user: req.user.clone(), win: w.clone() });
+            self.wins.push(AckedWin {
+                user: req.user.clone(),
+                win: w.clone(),
+            });
         }
         self.acked.insert(key, (req, body));
     }
 }
 
-async fn send(c: &mut Conn, req: &Req) -> Result<redrain::client::Reply, redrain::client::ClientError> {
-    c.post_json("/v1/rounds/crash/draw", &json!({"user": req.user, "request_id": req.request_id, "shakes": req.shakes})).await
+async fn send(
+    c: &mut Conn,
+    req: &Req,
+) -> Result<redrain::client::Reply, redrain::client::ClientError> {
+    c.post_json(
+        "/v1/rounds/crash/draw",
+        &json!({"user": req.user, "request_id": req.request_id, "shakes": req.shakes}),
+    )
+    .await
 }
 
 /// One load task: draws until `stop`, retrying unanswered requests first, sometimes re-sending
 /// an acknowledged one (which must answer the same bytes).
-async fn load(addr: SocketAddr, cycle: usize, task: usize, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>, acks: Arc<watch::Sender<u64>>) {
+async fn load(
+    addr: SocketAddr,
+    cycle: usize,
+    task: usize,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+    acks: Arc<watch::Sender<u64>>,
+) {
     let mut rng = SmallRng::seed_from_u64((cycle * 100 + task) as u64);
     let mut c = match Conn::connect(addr).await {
         Ok(c) => c,
@@ -171,7 +208,11 @@ async fn load(addr: SocketAddr, cycle: usize, task: usize, ledger: Arc<Mutex<Led
                 l.acked.values().nth(i).unwrap().0.clone()
             } else {
                 n += 1;
-                Req { user: format!("cu-{}", rng.gen_range(0..USERS)), request_id: format!("c{cycle}-t{task}-{n}"), shakes: rng.gen_range(1..=3) }
+                Req {
+                    user: format!("cu-{}", rng.gen_range(0..USERS)),
+                    request_id: format!("c{cycle}-t{task}-{n}"),
+                    shakes: rng.gen_range(1..=3),
+                }
             }
         };
         match send(&mut c, &req).await {
@@ -179,7 +220,11 @@ async fn load(addr: SocketAddr, cycle: usize, task: usize, ledger: Arc<Mutex<Led
                 ledger.lock().unwrap().record(req, r.body);
                 acks.send_modify(|n| *n += 1);
             }
-            Ok(r) => ledger.lock().unwrap().problems.push(format!("{req:?}: {} {}", r.status, String::from_utf8_lossy(&r.body))),
+            Ok(r) => ledger.lock().unwrap().problems.push(format!(
+                "{req:?}: {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            )),
             Err(_) => {
                 // The engine was killed with this request in flight: it may or may not be
                 // durable. Retry it, same id, after the restart.
@@ -197,7 +242,11 @@ async fn verify(addr: SocketAddr, ledger: &Mutex<Ledger>, when: &str) -> BTreeMa
     let round = get_ok(&mut c, "/v1/rounds/crash").await;
     let quotas: HashMap<&str, u64> = QUOTAS.into_iter().collect();
     for p in round["prizes"].as_array().unwrap() {
-        assert_eq!(p["quota"].as_u64(), Some(quotas[p["id"].as_str().unwrap()]), "{when}: {p}");
+        assert_eq!(
+            p["quota"].as_u64(),
+            Some(quotas[p["id"].as_str().unwrap()]),
+            "{when}: {p}"
+        );
     }
 
     // Every user's listed wins: unique ids, within the caps; counted per prize.
@@ -207,21 +256,37 @@ async fn verify(addr: SocketAddr, ledger: &Mutex<Ledger>, when: &str) -> BTreeMa
     for u in 0..USERS {
         let user = format!("cu-{u}");
         let wins = wins_of(&mut c, &user).await;
-        assert!(wins.len() <= ROUND_CAP, "{when}: {user} has {} wins, past the round cap of {ROUND_CAP}: {wins:?}", wins.len());
+        assert!(
+            wins.len() <= ROUND_CAP,
+            "{when}: {user} has {} wins, past the round cap of {ROUND_CAP}: {wins:?}",
+            wins.len()
+        );
         let cash: u64 = wins.iter().filter_map(|w| w["amount_cents"].as_u64()).sum();
-        assert!(cash <= CASH_CAP_CENTS, "{when}: {user} has {cash} cents, past the cap of {CASH_CAP_CENTS}");
+        assert!(
+            cash <= CASH_CAP_CENTS,
+            "{when}: {user} has {cash} cents, past the cap of {CASH_CAP_CENTS}"
+        );
         for w in wins {
             let id = w["win_id"].as_str().unwrap().to_string();
             assert!(all_ids.insert(id.clone()), "{when}: win {id} listed twice");
-            *per_prize.entry(w["prize"].as_str().unwrap().to_string()).or_default() += 1;
+            *per_prize
+                .entry(w["prize"].as_str().unwrap().to_string())
+                .or_default() += 1;
             listed.entry(user.clone()).or_default().insert(id, w);
         }
     }
 
     for (prize, quota) in QUOTAS {
         let n = issued.get(prize).copied().unwrap_or(0);
-        assert!(n <= quota, "{when}: {prize} issued {n}, past its quota {quota}");
-        assert_eq!(n, per_prize.get(prize).copied().unwrap_or(0), "{when}: {prize}: issued differs from the wins stored");
+        assert!(
+            n <= quota,
+            "{when}: {prize} issued {n}, past its quota {quota}"
+        );
+        assert_eq!(
+            n,
+            per_prize.get(prize).copied().unwrap_or(0),
+            "{when}: {prize}: issued differs from the wins stored"
+        );
     }
 
     // Every acknowledged win is durable, as it was answered; every acknowledged answer replays.
@@ -236,7 +301,11 @@ async fn verify(addr: SocketAddr, ledger: &Mutex<Ledger>, when: &str) -> BTreeMa
             panic!("{when}: acknowledged win {} of {} is lost", a.win, a.user);
         };
         for f in ["prize", "kind", "amount_cents", "sku", "at_ms"] {
-            assert_eq!(l[f], a.win[f], "{when}: field {f} of acknowledged win {}", a.win);
+            assert_eq!(
+                l[f], a.win[f],
+                "{when}: field {f} of acknowledged win {}",
+                a.win
+            );
         }
     }
     for (req, body) in acked.iter().take(300) {
@@ -260,15 +329,37 @@ async fn acknowledged_wins_survive_sigkill_and_quotas_hold() {
     let kill_after = [0u64, 3, 40, 1, 90, 15, 150, 250, 7, 400];
     let mut killed_with_unanswered = 0;
     for (cycle, &k) in kill_after.iter().enumerate() {
-        let engine = Engine::start(&config_path, &data, &dir.path().join(format!("log-{cycle}.txt"))).await;
+        let engine = Engine::start(
+            &config_path,
+            &data,
+            &dir.path().join(format!("log-{cycle}.txt")),
+        )
+        .await;
         let issued = verify(engine.addr, &ledger, &format!("after start {cycle}")).await;
-        eprintln!("cycle {cycle}: issued {issued:?}, {} answers acknowledged so far", ledger.lock().unwrap().acked.len());
+        eprintln!(
+            "cycle {cycle}: issued {issued:?}, {} answers acknowledged so far",
+            ledger.lock().unwrap().acked.len()
+        );
 
         let stop = Arc::new(AtomicBool::new(false));
         let (acks, mut acked) = watch::channel(0u64);
         let acks = Arc::new(acks);
-        let tasks: Vec<_> = (0..TASKS).map(|t| tokio::spawn(load(engine.addr, cycle, t, ledger.clone(), stop.clone(), acks.clone()))).collect();
-        tokio::time::timeout(Duration::from_secs(60), acked.wait_for(|n| *n >= k)).await.expect("the load stalled").unwrap();
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                tokio::spawn(load(
+                    engine.addr,
+                    cycle,
+                    t,
+                    ledger.clone(),
+                    stop.clone(),
+                    acks.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::timeout(Duration::from_secs(60), acked.wait_for(|n| *n >= k))
+            .await
+            .expect("the load stalled")
+            .unwrap();
         engine.kill().await;
         stop.store(true, Ordering::SeqCst);
         for t in tasks {
@@ -278,7 +369,10 @@ async fn acknowledged_wins_survive_sigkill_and_quotas_hold() {
             killed_with_unanswered += 1;
         }
     }
-    assert!(killed_with_unanswered >= 3, "only {killed_with_unanswered} kills caught requests in flight");
+    assert!(
+        killed_with_unanswered >= 3,
+        "only {killed_with_unanswered} kills caught requests in flight"
+    );
 
     // A last start: check, then draw until the quotas are gone, and check they are exact.
     let engine = Engine::start(&config_path, &data, &dir.path().join("log-final.txt")).await;
@@ -286,17 +380,31 @@ async fn acknowledged_wins_survive_sigkill_and_quotas_hold() {
     let mut c = Conn::connect(engine.addr).await.unwrap();
     'drain: for pass in 0..6 {
         for u in 0..USERS {
-            let req = Req { user: format!("cu-{u}"), request_id: format!("final-{pass}"), shakes: 20 };
+            let req = Req {
+                user: format!("cu-{u}"),
+                request_id: format!("final-{pass}"),
+                shakes: 20,
+            };
             let r = send(&mut c, &req).await.unwrap();
             assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
             ledger.lock().unwrap().record(req, r.body);
-            if u % 20 == 19 && issued(&mut c, "crash").await.values().sum::<u64>() == QUOTAS.iter().map(|q| q.1).sum::<u64>() {
+            if u % 20 == 19
+                && issued(&mut c, "crash").await.values().sum::<u64>()
+                    == QUOTAS.iter().map(|q| q.1).sum::<u64>()
+            {
                 break 'drain;
             }
         }
     }
     let issued = verify(engine.addr, &ledger, "at the end").await;
-    assert_eq!(issued, QUOTAS.iter().map(|(p, q)| (p.to_string(), *q)).collect::<BTreeMap<_, _>>(), "the quotas are used up exactly");
+    assert_eq!(
+        issued,
+        QUOTAS
+            .iter()
+            .map(|(p, q)| (p.to_string(), *q))
+            .collect::<BTreeMap<_, _>>(),
+        "the quotas are used up exactly"
+    );
     let m = common::metrics(&mut c).await;
     assert_eq!(common::metric(&m, "redrain_storage_errors_total"), 0.0);
     engine.kill().await;

@@ -32,7 +32,12 @@ impl CounterBook {
 
     /// The counters of `prize` in `occurrence`, created with the limit `limit()` returns if new.
     /// `limit` runs under the write lock, so it reads the newest published quota.
-    pub fn get_or_create(&self, prize: &PrizeId, occurrence: u64, limit: impl FnOnce() -> u32) -> Arc<PrizeCounters> {
+    pub fn get_or_create(
+        &self,
+        prize: &PrizeId,
+        occurrence: u64,
+        limit: impl FnOnce() -> u32,
+    ) -> Arc<PrizeCounters> {
         if let Some(c) = self.get(prize, occurrence) {
             return c;
         }
@@ -45,16 +50,33 @@ impl CounterBook {
 
     /// Sets restored counters at start-up (from durable storage).
     pub fn restore(&self, prize: PrizeId, occurrence: u64, issued: u32, limit: u32) {
-        self.map.write().insert((prize, occurrence), Arc::new(PrizeCounters::new(issued, limit.max(issued))));
+        self.map.write().insert(
+            (prize, occurrence),
+            Arc::new(PrizeCounters::new(issued, limit.max(issued))),
+        );
+    }
+
+    /// Drops the counters for which `keep` is false (ended occurrences), bounding the book.
+    pub fn retain(&self, mut keep: impl FnMut(&PrizeId, u64) -> bool) {
+        self.map
+            .write()
+            .retain(|(prize, occurrence), _| keep(prize, *occurrence));
     }
 
     /// Every (prize, occurrence) with its counters, for reports and metrics.
     pub fn entries(&self) -> Vec<((PrizeId, u64), Arc<PrizeCounters>)> {
-        self.map.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.map
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Runs `f` with the book locked against new counters, handing it every existing entry.
-    pub(crate) fn with_exclusive<R>(&self, f: impl FnOnce(&HashMap<(PrizeId, u64), Arc<PrizeCounters>>) -> R) -> R {
+    pub(crate) fn with_exclusive<R>(
+        &self,
+        f: impl FnOnce(&HashMap<(PrizeId, u64), Arc<PrizeCounters>>) -> R,
+    ) -> R {
         let guard = self.map.write();
         f(&guard)
     }

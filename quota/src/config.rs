@@ -314,7 +314,9 @@ impl Config {
     }
     /// Every prize with its round.
     pub fn prizes(&self) -> impl Iterator<Item = (&Round, &Prize)> {
-        self.rounds.iter().flat_map(|r| r.prizes.iter().map(move |p| (r, p)))
+        self.rounds
+            .iter()
+            .flat_map(|r| r.prizes.iter().map(move |p| (r, p)))
     }
     /// Parses and validates a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
@@ -372,8 +374,14 @@ pub struct ConfigErrors {
 
 impl ConfigErrors {
     fn one(field: String, problem: String) -> Self {
-        let field = if field.is_empty() { ".".to_string() } else { field };
-        ConfigErrors { errors: vec![FieldError { field, problem }] }
+        let field = if field.is_empty() {
+            ".".to_string()
+        } else {
+            field
+        };
+        ConfigErrors {
+            errors: vec![FieldError { field, problem }],
+        }
     }
 }
 
@@ -382,7 +390,10 @@ struct Problems(Vec<FieldError>);
 
 impl Problems {
     fn add(&mut self, field: impl Into<String>, problem: impl Into<String>) {
-        self.0.push(FieldError { field: field.into(), problem: problem.into() });
+        self.0.push(FieldError {
+            field: field.into(),
+            problem: problem.into(),
+        });
     }
     fn id<T>(&mut self, field: String, s: &str, make: fn(&str) -> Result<T, IdError>) -> Option<T> {
         match make(s) {
@@ -397,7 +408,10 @@ impl Problems {
         match humantime::parse_rfc3339_weak(s.trim_end_matches('Z')) {
             Ok(t) => Some(ms_since_epoch(t)),
             Err(e) => {
-                self.add(field, format!("must be an RFC 3339 time like 2027-01-28T20:00:00Z: {e}"));
+                self.add(
+                    field,
+                    format!("must be an RFC 3339 time like 2027-01-28T20:00:00Z: {e}"),
+                );
                 None
             }
         }
@@ -412,7 +426,9 @@ impl Problems {
 }
 
 fn ms_since_epoch(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
 }
 
 /// Formats ms since the epoch as RFC 3339 with milliseconds.
@@ -427,7 +443,10 @@ impl RawConfig {
     pub fn validate(&self) -> Result<Config, ConfigErrors> {
         let mut p = Problems(Vec::new());
         if self.rounds.len() > MAX_ROUNDS {
-            p.add("rounds", format!("at most {MAX_ROUNDS} rounds, got {}", self.rounds.len()));
+            p.add(
+                "rounds",
+                format!("at most {MAX_ROUNDS} rounds, got {}", self.rounds.len()),
+            );
         }
 
         let mut campaigns = Vec::new();
@@ -443,7 +462,10 @@ impl RawConfig {
                 }
             }
             if c.max_wins_per_user == Some(0) {
-                p.add(at("max_wins_per_user"), "must be at least 1 (omit it for no limit)");
+                p.add(
+                    at("max_wins_per_user"),
+                    "must be at least 1 (omit it for no limit)",
+                );
             }
             if let Some(cash) = c.max_cash_cents_per_user {
                 p.range(at("max_cash_cents_per_user"), cash, 1, u64::MAX / 4);
@@ -473,14 +495,25 @@ impl RawConfig {
                 "wallet" => Some(PartnerKind::Wallet),
                 "coupon" => Some(PartnerKind::Coupon),
                 other => {
-                    p.add(at("kind"), format!("must be \"wallet\" or \"coupon\", got {other:?}"));
+                    p.add(
+                        at("kind"),
+                        format!("must be \"wallet\" or \"coupon\", got {other:?}"),
+                    );
                     None
                 }
             };
             if !valid_http_url(&r.url) {
-                p.add(at("url"), format!("must be an http:// URL with a host, got {:?}", r.url));
+                p.add(
+                    at("url"),
+                    format!("must be an http:// URL with a host, got {:?}", r.url),
+                );
             }
-            p.range(at("rate_per_s"), r.rate_per_s.into(), 1, MAX_RATE_PER_S.into());
+            p.range(
+                at("rate_per_s"),
+                r.rate_per_s.into(),
+                1,
+                MAX_RATE_PER_S.into(),
+            );
             p.range(at("max_in_flight"), r.max_in_flight.into(), 1, 10_000);
             p.range(at("timeout_ms"), r.timeout_ms.into(), 1, 120_000);
             if let (Some(id), Some(kind)) = (id, kind) {
@@ -514,39 +547,71 @@ impl RawConfig {
             p.range(at("duration_s"), r.duration_s, 1, 30 * DAY_S);
             if let Some(every) = r.every_s {
                 if every < r.duration_s {
-                    p.add(at("every_s"), "must be at least duration_s (occurrences may not overlap)");
+                    p.add(
+                        at("every_s"),
+                        "must be at least duration_s (occurrences may not overlap)",
+                    );
                 }
                 p.range(at("every_s"), every, 1, 365 * DAY_S);
             }
             p.range(at("participation_s"), r.participation_s, 1, 30 * DAY_S);
             p.range(at("stagger_groups"), r.stagger_groups.into(), 1, 1000);
             p.range(at("stagger_s"), r.stagger_s, 0, DAY_S);
-            if r.stagger_groups > 1
-                && u64::from(r.stagger_groups - 1) * r.stagger_s >= r.duration_s
+            if r.stagger_groups > 1 && u64::from(r.stagger_groups - 1) * r.stagger_s >= r.duration_s
             {
-                p.add(at("stagger_s"), "the last group must start before the round ends");
+                p.add(
+                    at("stagger_s"),
+                    "the last group must start before the round ends",
+                );
             }
-            p.range(at("max_wins_per_user"), r.max_wins_per_user.into(), 1, 1_000_000);
+            p.range(
+                at("max_wins_per_user"),
+                r.max_wins_per_user.into(),
+                1,
+                1_000_000,
+            );
             if r.prizes.len() > MAX_PRIZES_PER_ROUND {
-                p.add(at("prizes"), format!("at most {MAX_PRIZES_PER_ROUND} prizes, got {}", r.prizes.len()));
+                p.add(
+                    at("prizes"),
+                    format!(
+                        "at most {MAX_PRIZES_PER_ROUND} prizes, got {}",
+                        r.prizes.len()
+                    ),
+                );
             }
             let mut prizes = Vec::new();
             for (j, z) in r.prizes.iter().enumerate() {
-                if let Some(prize) = validate_prize(&mut p, &format!("rounds[{i}].prizes[{j}]"), z, &partner_index, &partners) {
+                if let Some(prize) = validate_prize(
+                    &mut p,
+                    &format!("rounds[{i}].prizes[{j}]"),
+                    z,
+                    &partner_index,
+                    &partners,
+                ) {
                     if !prize_ids.insert(prize.id.clone()) {
-                        p.add(format!("rounds[{i}].prizes[{j}].id"), format!("duplicate prize id {}", prize.id));
+                        p.add(
+                            format!("rounds[{i}].prizes[{j}].id"),
+                            format!("duplicate prize id {}", prize.id),
+                        );
                     }
                     prizes.push(prize);
                 }
             }
-            let total_weight = u64::from(r.no_win_weight) + prizes.iter().map(|z| u64::from(z.weight)).sum::<u64>();
+            let total_weight = u64::from(r.no_win_weight)
+                + prizes.iter().map(|z| u64::from(z.weight)).sum::<u64>();
             if total_weight == 0 {
-                p.add(at("no_win_weight"), "the round's weights sum to 0: give no_win_weight or a prize a weight");
+                p.add(
+                    at("no_win_weight"),
+                    "the round's weights sum to 0: give no_win_weight or a prize a weight",
+                );
             }
             if let (Some(id), Some(campaign)) = (id, campaign) {
                 if let (Some(s), Some(c)) = (starts, campaigns.get(campaign)) {
                     if s < c.starts_at_ms || s >= c.ends_at_ms {
-                        p.add(at("starts_at"), "must fall within its campaign's starts_at..ends_at");
+                        p.add(
+                            at("starts_at"),
+                            "must fall within its campaign's starts_at..ends_at",
+                        );
                     }
                 }
                 if round_index.insert(id.clone(), rounds.len()).is_some() {
@@ -572,7 +637,14 @@ impl RawConfig {
         }
 
         if p.0.is_empty() {
-            Ok(Config { campaigns, partners, rounds, round_index, campaign_index, raw: self.clone() })
+            Ok(Config {
+                campaigns,
+                partners,
+                rounds,
+                round_index,
+                campaign_index,
+                raw: self.clone(),
+            })
         } else {
             Err(ConfigErrors { errors: p.0 })
         }
@@ -593,7 +665,12 @@ fn validate_prize(
         p.add(at("partner"), format!("unknown partner {:?}", z.partner));
     }
     p.range(at("quota"), z.quota, 1, MAX_QUOTA);
-    p.range(at("rate_per_s"), z.rate_per_s.into(), 1, MAX_RATE_PER_S.into());
+    p.range(
+        at("rate_per_s"),
+        z.rate_per_s.into(),
+        1,
+        MAX_RATE_PER_S.into(),
+    );
     let kind = match z.kind.as_str() {
         "cash" => {
             if z.sku.is_some() {
@@ -608,20 +685,32 @@ fn validate_prize(
                     Some((at("amount_min_cents"), lo, hi))
                 }
                 _ => {
-                    p.add(at("amount_cents"), "give amount_cents, or both amount_min_cents and amount_max_cents");
+                    p.add(
+                        at("amount_cents"),
+                        "give amount_cents, or both amount_min_cents and amount_max_cents",
+                    );
                     None
                 }
             };
             amount.map(|(field, lo, hi)| {
                 p.range(field, lo, 1, MAX_AMOUNT_CENTS);
                 if hi > MAX_AMOUNT_CENTS {
-                    p.add(at("amount_max_cents"), format!("must be at most {MAX_AMOUNT_CENTS}"));
+                    p.add(
+                        at("amount_max_cents"),
+                        format!("must be at most {MAX_AMOUNT_CENTS}"),
+                    );
                 }
-                PrizeKind::Cash { min: Cents(lo), max: Cents(hi.max(lo)) }
+                PrizeKind::Cash {
+                    min: Cents(lo),
+                    max: Cents(hi.max(lo)),
+                }
             })
         }
         "coupon" => {
-            if z.amount_cents.is_some() || z.amount_min_cents.is_some() || z.amount_max_cents.is_some() {
+            if z.amount_cents.is_some()
+                || z.amount_min_cents.is_some()
+                || z.amount_max_cents.is_some()
+            {
                 p.add(at("amount_cents"), "a coupon has a sku, not an amount");
             }
             match &z.sku {
@@ -638,14 +727,24 @@ fn validate_prize(
             }
         }
         other => {
-            p.add(at("kind"), format!("must be \"cash\" or \"coupon\", got {other:?}"));
+            p.add(
+                at("kind"),
+                format!("must be \"cash\" or \"coupon\", got {other:?}"),
+            );
             None
         }
     };
     if let (Some(kind), Some(partner)) = (&kind, partner) {
-        let wanted = if matches!(kind, PrizeKind::Cash { .. }) { PartnerKind::Wallet } else { PartnerKind::Coupon };
+        let wanted = if matches!(kind, PrizeKind::Cash { .. }) {
+            PartnerKind::Wallet
+        } else {
+            PartnerKind::Coupon
+        };
         if partners[partner].kind != wanted {
-            p.add(at("partner"), format!("a {} prize needs a {:?} partner", z.kind, wanted).to_lowercase());
+            p.add(
+                at("partner"),
+                format!("a {} prize needs a {:?} partner", z.kind, wanted).to_lowercase(),
+            );
         }
     }
     Some(Prize {
@@ -663,7 +762,10 @@ fn valid_http_url(url: &str) -> bool {
     url.strip_prefix("http://")
         .map(|rest| {
             let host = rest.split('/').next().unwrap_or("");
-            !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
         })
         .unwrap_or(false)
 }
@@ -712,9 +814,13 @@ mod tests {
     use super::*;
     use tests_support::GOOD;
 
-
     fn errors_of(text: &str) -> Vec<String> {
-        Config::from_toml(text).unwrap_err().errors.iter().map(ToString::to_string).collect()
+        Config::from_toml(text)
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
@@ -723,15 +829,27 @@ mod tests {
         let r = c.round("r1").unwrap();
         assert_eq!(r.total_weight, 100);
         assert_eq!(r.every_ms, Some(60_000));
-        assert_eq!(r.prizes[0].kind, PrizeKind::Cash { min: Cents(88), max: Cents(88) });
+        assert_eq!(
+            r.prizes[0].kind,
+            PrizeKind::Cash {
+                min: Cents(88),
+                max: Cents(88)
+            }
+        );
     }
 
     #[test]
     fn problems_name_the_field_path() {
         let text = GOOD.replace("rate_per_s = 15", "rate_per_s = 0");
-        assert_eq!(errors_of(&text), vec!["rounds[0].prizes[0].rate_per_s: must be at least 1"]);
+        assert_eq!(
+            errors_of(&text),
+            vec!["rounds[0].prizes[0].rate_per_s: must be at least 1"]
+        );
         let text = GOOD.replace("partner = \"wallet\"", "partner = \"nobody\"");
-        assert_eq!(errors_of(&text), vec!["rounds[0].prizes[0].partner: unknown partner \"nobody\""]);
+        assert_eq!(
+            errors_of(&text),
+            vec!["rounds[0].prizes[0].partner: unknown partner \"nobody\""]
+        );
     }
 
     #[test]
@@ -739,7 +857,10 @@ mod tests {
         let text = GOOD.replace("quota = 100", "quota = \"lots\"");
         let errs = errors_of(&text);
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].starts_with("rounds[0].prizes[0].quota: invalid type"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("rounds[0].prizes[0].quota: invalid type"),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -751,10 +872,18 @@ mod tests {
 
     #[test]
     fn several_problems_are_all_reported() {
-        let text = GOOD.replace("quota = 100", "quota = 0").replace("duration_s = 50", "duration_s = 0");
+        let text = GOOD
+            .replace("quota = 100", "quota = 0")
+            .replace("duration_s = 50", "duration_s = 0");
         let errs = errors_of(&text);
-        assert!(errs.contains(&"rounds[0].duration_s: must be at least 1".to_string()), "{errs:?}");
-        assert!(errs.contains(&"rounds[0].prizes[0].quota: must be at least 1".to_string()), "{errs:?}");
+        assert!(
+            errs.contains(&"rounds[0].duration_s: must be at least 1".to_string()),
+            "{errs:?}"
+        );
+        assert!(
+            errs.contains(&"rounds[0].prizes[0].quota: must be at least 1".to_string()),
+            "{errs:?}"
+        );
     }
 
     #[test]

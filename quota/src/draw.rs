@@ -29,11 +29,15 @@ pub struct UserCaps {
 impl UserCaps {
     /// Whether no further win of any kind is allowed.
     pub fn wins_exhausted(&self) -> bool {
-        self.round_wins >= self.round_cap || self.campaign_cap.is_some_and(|cap| self.campaign_wins >= cap)
+        self.round_wins >= self.round_cap
+            || self
+                .campaign_cap
+                .is_some_and(|cap| self.campaign_wins >= cap)
     }
 
     fn cash_fits(&self, amount: Cents) -> bool {
-        self.cash_cap.is_none_or(|cap| self.cash.0.saturating_add(amount.0) <= cap.0)
+        self.cash_cap
+            .is_none_or(|cap| self.cash.0.saturating_add(amount.0) <= cap.0)
     }
 
     fn record(&mut self, amount: Option<Cents>) {
@@ -116,7 +120,10 @@ pub fn shake<R: Rng + ?Sized, T: Taker + ?Sized>(
         }
         if taker.try_take(index).is_ok() {
             caps.record(amount);
-            return Shake::Win { prize: index, amount };
+            return Shake::Win {
+                prize: index,
+                amount,
+            };
         }
     }
     Shake::None
@@ -146,7 +153,10 @@ mod tests {
         let c = Config::from_toml(&text).unwrap();
         let round = c.round("r1").unwrap();
         let mut rng = SmallRng::seed_from_u64(7);
-        let mut caps = UserCaps { round_cap: 1000, ..Default::default() };
+        let mut caps = UserCaps {
+            round_cap: 1000,
+            ..Default::default()
+        };
         let mut taker = |i: usize| if i == 0 { Err(Refusal::Quota) } else { Ok(()) };
         let mut wins = 0;
         for _ in 0..1000 {
@@ -160,7 +170,10 @@ mod tests {
                 Shake::Capped => panic!("not capped"),
             }
         }
-        assert!(wins > 100, "about 20% of shakes pick a prize and fall through: {wins}");
+        assert!(
+            wins > 100,
+            "about 20% of shakes pick a prize and fall through: {wins}"
+        );
     }
 }
 
@@ -276,7 +289,11 @@ pub fn plan<R: Rng + ?Sized>(
         _ => None,
     };
     let same_occurrence = current.is_some() && standing.occurrence == current;
-    let first_draw = if same_occurrence { standing.first_draw_ms } else { None };
+    let first_draw = if same_occurrence {
+        standing.first_draw_ms
+    } else {
+        None
+    };
     let occ = match round.admit(campaign, user, first_draw, now_ms) {
         Ok(occ) => occ,
         Err(why) => {
@@ -286,7 +303,11 @@ pub fn plan<R: Rng + ?Sized>(
     };
     plan.occurrence = Some(occ);
     let mut caps = UserCaps {
-        round_wins: if same_occurrence { standing.round_wins } else { 0 },
+        round_wins: if same_occurrence {
+            standing.round_wins
+        } else {
+            0
+        },
         round_cap: round.max_wins_per_user,
         campaign_wins: standing.campaign_wins,
         campaign_cap: campaign.max_wins_per_user,
@@ -323,7 +344,11 @@ pub fn plan<R: Rng + ?Sized>(
     plan.wins = taken
         .into_iter()
         .zip(amounts)
-        .map(|((prize, counters), amount)| PlannedWin { prize, amount, counters })
+        .map(|((prize, counters), amount)| PlannedWin {
+            prize,
+            amount,
+            counters,
+        })
         .collect();
     plan.outcome = match (plan.wins.is_empty(), capped) {
         (false, _) => Outcome::Win,

@@ -55,10 +55,12 @@ impl QuotaCounter {
 
     /// Returns one taken by [`try_take`](Self::try_take) whose win could not be made durable.
     pub fn give_back(&self) {
-        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-            let (issued, limit) = unpack_quota(w);
-            (issued > 0).then(|| pack_quota(issued - 1, limit))
-        });
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let (issued, limit) = unpack_quota(w);
+                (issued > 0).then(|| pack_quota(issued - 1, limit))
+            });
     }
 
     /// Sets a new limit unless it is below what was already issued; on refusal returns `issued`.
@@ -142,7 +144,11 @@ fn pack_slot(tag: u64, share: u32, used: u32) -> u64 {
 }
 
 fn unpack_slot(w: u64) -> (u64, u32, u32) {
-    (w >> (2 * FIELD_BITS), ((w >> FIELD_BITS) & FIELD_MASK) as u32, (w & FIELD_MASK) as u32)
+    (
+        w >> (2 * FIELD_BITS),
+        ((w >> FIELD_BITS) & FIELD_MASK) as u32,
+        (w & FIELD_MASK) as u32,
+    )
 }
 
 /// The counters of one prize in one round occurrence.
@@ -157,7 +163,10 @@ pub struct PrizeCounters {
 impl PrizeCounters {
     /// Fresh counters.
     pub fn new(issued: u32, limit: u32) -> Self {
-        Self { quota: QuotaCounter::new(issued, limit), slots: SlotLimiter::default() }
+        Self {
+            quota: QuotaCounter::new(issued, limit),
+            slots: SlotLimiter::default(),
+        }
     }
 }
 

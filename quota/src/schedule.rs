@@ -56,7 +56,11 @@ impl Round {
     fn occurrence(&self, index: u64, campaign: &Campaign) -> Occurrence {
         let starts_at_ms = self.starts_at_ms + index * self.every_ms.unwrap_or(0);
         let ends_at_ms = (starts_at_ms + self.duration_ms).min(campaign.ends_at_ms);
-        Occurrence { index, starts_at_ms, ends_at_ms }
+        Occurrence {
+            index,
+            starts_at_ms,
+            ends_at_ms,
+        }
     }
 
     /// The round's status at `now_ms`.
@@ -64,7 +68,9 @@ impl Round {
         if now_ms < self.starts_at_ms {
             return RoundStatus::Upcoming(self.occurrence(0, campaign));
         }
-        let index = self.every_ms.map_or(0, |every| (now_ms - self.starts_at_ms) / every);
+        let index = self
+            .every_ms
+            .map_or(0, |every| (now_ms - self.starts_at_ms) / every);
         let occ = self.occurrence(index, campaign);
         if now_ms < occ.ends_at_ms {
             return RoundStatus::Live(occ);
@@ -74,6 +80,15 @@ impl Round {
             RoundStatus::Upcoming(next)
         } else {
             RoundStatus::Ended(Some(occ))
+        }
+    }
+
+    /// The first occurrence that has not ended at `now_ms` (live or upcoming); `None` once the
+    /// round is over. Counters of earlier occurrences can never be drawn from again.
+    pub fn first_open_occurrence(&self, campaign: &Campaign, now_ms: u64) -> Option<u64> {
+        match self.status(campaign, now_ms) {
+            RoundStatus::Live(o) | RoundStatus::Upcoming(o) => Some(o.index),
+            RoundStatus::Ended(_) => None,
         }
     }
 
@@ -98,9 +113,12 @@ impl Round {
         };
         let group_start = occ.starts_at_ms + u64::from(self.group_of(user)) * self.stagger_ms;
         if now_ms < group_start {
-            return Err(NotLive::GroupNotStarted { starts_at_ms: group_start });
+            return Err(NotLive::GroupNotStarted {
+                starts_at_ms: group_start,
+            });
         }
-        if first_draw_ms.is_some_and(|first| now_ms >= first.saturating_add(self.participation_ms)) {
+        if first_draw_ms.is_some_and(|first| now_ms >= first.saturating_add(self.participation_ms))
+        {
             return Err(NotLive::WindowClosed);
         }
         Ok(occ)
@@ -109,7 +127,9 @@ impl Round {
 
 /// FNV-1a, 64 bit: a stable hash for grouping users (not for security).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -131,7 +151,10 @@ mod tests {
         assert!(matches!(r.status(camp, t0 + 55_000), RoundStatus::Upcoming(o) if o.index == 1));
         assert!(matches!(r.status(camp, t0 + 60_000), RoundStatus::Live(o) if o.index == 1));
         assert!(matches!(r.status(camp, t0 - 1), RoundStatus::Upcoming(o) if o.index == 0));
-        assert!(matches!(r.status(camp, camp.ends_at_ms), RoundStatus::Ended(_)));
+        assert!(matches!(
+            r.status(camp, camp.ends_at_ms),
+            RoundStatus::Ended(_)
+        ));
     }
 
     #[test]
@@ -141,6 +164,9 @@ mod tests {
         let camp = &c.campaigns[0];
         let t0 = r.starts_at_ms + 1000;
         assert!(r.admit(camp, "u", Some(t0), t0 + 29_999).is_ok());
-        assert_eq!(r.admit(camp, "u", Some(t0), t0 + 30_000), Err(NotLive::WindowClosed));
+        assert_eq!(
+            r.admit(camp, "u", Some(t0), t0 + 30_000),
+            Err(NotLive::WindowClosed)
+        );
     }
 }

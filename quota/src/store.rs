@@ -90,7 +90,11 @@ pub struct ConfigStore {
 impl ConfigStore {
     /// A store whose first snapshot is `config` at `seq`.
     pub fn new(seq: SeqNo, config: Config, share: NodeShare) -> Self {
-        Self { current: ArcSwap::from_pointee(Snapshot { seq, config }), publishing: Mutex::new(()), share }
+        Self {
+            current: ArcSwap::from_pointee(Snapshot { seq, config }),
+            publishing: Mutex::new(()),
+            share,
+        }
     }
 
     /// The live snapshot.
@@ -106,19 +110,25 @@ impl ConfigStore {
     /// The counter limit that the live config gives `prize`, or 0 if it is gone.
     pub fn limit_of(&self, prize: &PrizeId) -> u32 {
         let snap = self.current.load();
-        let quota = snap.config.prizes().find(|(_, p)| &p.id == prize).map_or(0, |(_, p)| p.quota);
+        let quota = snap
+            .config
+            .prizes()
+            .find(|(_, p)| &p.id == prize)
+            .map_or(0, |(_, p)| p.quota);
         self.share.quota(quota)
     }
 
     /// Publishes `config` as the next SeqNo.
     ///
-    /// Refused, with nothing changed, if any quota would fall below what was already issued or
-    /// if `persist` fails. `persist` runs before the swap so a published config is durable.
+    /// Refused, with nothing changed, if any quota would fall below what was already issued in
+    /// an occurrence that is live or still to come at `now_ms` (ended occurrences can never be
+    /// drawn from again, so their counts do not bind a new quota), or if `persist` fails. `persist` runs before the swap so a published config is durable.
     /// Counter limits are updated under the book's exclusive lock together with the swap.
     pub fn publish<E: std::fmt::Display>(
         &self,
         config: Config,
         book: &CounterBook,
+        now_ms: u64,
         persist: impl FnOnce(SeqNo, &Config) -> Result<(), E>,
     ) -> Result<Arc<Snapshot>, PublishError> {
         let _one_at_a_time = self.publishing.lock();
@@ -130,7 +140,12 @@ impl ConfigStore {
             let mut lowered = Vec::new();
             let mut raised = Vec::new();
             for ((prize, occurrence), counters) in entries {
-                let Some((field, quota)) = find_quota(&config, prize) else { continue };
+                let Some((field, quota, open_from)) = find_quota(&config, prize, now_ms) else {
+                    continue;
+                };
+                if *occurrence < open_from {
+                    continue;
+                }
                 let (new, old) = (self.share.quota(quota), counters.quota.limit());
                 if new >= old {
                     raised.push((counters, new));
@@ -171,11 +186,21 @@ fn restore(lowered: &[(&Arc<crate::limiter::PrizeCounters>, u32)]) {
     }
 }
 
-fn find_quota(config: &Config, prize: &PrizeId) -> Option<(String, u64)> {
+/// The field path and quota of `prize` in `config`, and the first occurrence of its round still
+/// open at `now_ms` (`None`, like a missing prize, when the round is over).
+fn find_quota(config: &Config, prize: &PrizeId, now_ms: u64) -> Option<(String, u64, u64)> {
     config.rounds.iter().enumerate().find_map(|(i, r)| {
-        r.prizes
-            .iter()
-            .position(|p| &p.id == prize)
-            .map(|j| (format!("rounds[{i}].prizes[{j}].quota"), r.prizes[j].quota))
+        let j = r.prizes.iter().position(|p| &p.id == prize)?;
+        let open_from = r.first_open_occurrence(&config.campaigns[r.campaign], now_ms)?;
+        Some((
+            format!("rounds[{i}].prizes[{j}].quota"),
+            r.prizes[j].quota,
+            open_from,
+        ))
     })
+}
+
+/// Whether the counters of `prize` in `occurrence` can still be drawn from under `config`.
+pub fn counter_is_open(config: &Config, prize: &PrizeId, occurrence: u64, now_ms: u64) -> bool {
+    find_quota(config, prize, now_ms).is_some_and(|(_, _, open_from)| occurrence >= open_from)
 }

@@ -27,7 +27,11 @@ pub const SEED: u64 = 7;
 
 /// Milliseconds since the epoch of an RFC 3339 time.
 pub fn ms(rfc3339: &str) -> u64 {
-    humantime::parse_rfc3339(rfc3339).expect("valid RFC 3339").duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    humantime::parse_rfc3339(rfc3339)
+        .expect("valid RFC 3339")
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// A campaign spanning 2026..2036 with optional extra TOML lines (caps).
@@ -136,7 +140,12 @@ impl Server {
     pub async fn with_config(dir: &Path, config: &str, clock_ms: u64) -> Server {
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config).unwrap();
-        Server::start(&config_path, &dir.join("data"), Arc::new(ManualClock::new(clock_ms))).await
+        Server::start(
+            &config_path,
+            &dir.join("data"),
+            Arc::new(ManualClock::new(clock_ms)),
+        )
+        .await
     }
 
     /// Opens the data dir and serves it as the only node.
@@ -145,7 +154,12 @@ impl Server {
     }
 
     /// Opens the data dir and serves it as one node owning `share` of every quota and rate.
-    pub async fn start_with(config_path: &Path, data_dir: &Path, clock: Arc<ManualClock>, share: NodeShare) -> Server {
+    pub async fn start_with(
+        config_path: &Path,
+        data_dir: &Path,
+        clock: Arc<ManualClock>,
+        share: NodeShare,
+    ) -> Server {
         let settings = Settings {
             config_path: config_path.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
@@ -165,7 +179,15 @@ impl Server {
             },
             Duration::from_secs(5),
         ));
-        Server { addr, app: Some(app), clock, config_path: config_path.to_path_buf(), data_dir: data_dir.to_path_buf(), shutdown: Some(tx), task: Some(task) }
+        Server {
+            addr,
+            app: Some(app),
+            clock,
+            config_path: config_path.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// The engine (for white-box looks; tests talk HTTP).
@@ -190,7 +212,12 @@ impl Server {
     /// Stops the server and serves the same data dir again (the same config file), at the
     /// clock's current time.
     pub async fn restart(self) -> Server {
-        let (config_path, data_dir, clock, share) = (self.config_path.clone(), self.data_dir.clone(), self.clock.clone(), self.app().service.store.share());
+        let (config_path, data_dir, clock, share) = (
+            self.config_path.clone(),
+            self.data_dir.clone(),
+            self.clock.clone(),
+            self.app().service.store.share(),
+        );
         self.stop().await;
         Server::start_with(&config_path, &data_dir, clock, share).await
     }
@@ -213,11 +240,16 @@ async fn open(settings: &Settings, clock: Arc<ManualClock>) -> App {
     for _ in 0..200 {
         let s = settings.clone();
         let c = clock.clone();
-        match tokio::task::spawn_blocking(move || server::open(&s, c)).await.unwrap() {
+        match tokio::task::spawn_blocking(move || server::open(&s, c))
+            .await
+            .unwrap()
+        {
             Ok(app) => return app,
             Err(e) if format!("{e:#}").to_lowercase().contains("lock") => {
                 if last.is_none() {
-                    eprintln!("the data dir is still locked by the stopped engine; retrying: {e:#}");
+                    eprintln!(
+                        "the data dir is still locked by the stopped engine; retrying: {e:#}"
+                    );
                 }
                 last = Some(e);
                 tokio::time::sleep(Duration::from_millis(25)).await;
@@ -230,27 +262,58 @@ async fn open(settings: &Settings, clock: Arc<ManualClock>) -> App {
 
 /// POSTs a draw.
 pub async fn draw(c: &mut Conn, round: &str, user: &str, request_id: &str, shakes: u32) -> Reply {
-    c.post_json(&format!("/v1/rounds/{round}/draw"), &json!({"user": user, "request_id": request_id, "shakes": shakes})).await.unwrap()
+    c.post_json(
+        &format!("/v1/rounds/{round}/draw"),
+        &json!({"user": user, "request_id": request_id, "shakes": shakes}),
+    )
+    .await
+    .unwrap()
 }
 
 /// POSTs a draw that must answer 200; returns its JSON.
-pub async fn draw_ok(c: &mut Conn, round: &str, user: &str, request_id: &str, shakes: u32) -> Value {
+pub async fn draw_ok(
+    c: &mut Conn,
+    round: &str,
+    user: &str,
+    request_id: &str,
+    shakes: u32,
+) -> Value {
     let r = draw(c, round, user, request_id, shakes).await;
-    assert_eq!(r.status, 200, "draw {round}/{user}/{request_id}: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        200,
+        "draw {round}/{user}/{request_id}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
     r.json()
 }
 
 /// GET that must answer 200; returns its JSON.
 pub async fn get_ok(c: &mut Conn, path: &str) -> Value {
     let r = c.get(path).await.unwrap();
-    assert_eq!(r.status, 200, "GET {path}: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        200,
+        "GET {path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
     r.json()
 }
 
 /// `issued` of every prize of a round, by prize id.
 pub async fn issued(c: &mut Conn, round: &str) -> BTreeMap<String, u64> {
     let v = get_ok(c, &format!("/v1/rounds/{round}")).await;
-    v["prizes"].as_array().unwrap().iter().map(|p| (p["id"].as_str().unwrap().to_string(), p["issued"].as_u64().unwrap())).collect()
+    v["prizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["issued"].as_u64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// A user's listed wins.
@@ -283,9 +346,16 @@ pub fn metric(m: &HashMap<String, f64>, series: &str) -> f64 {
 pub fn draw_counters(m: &HashMap<String, f64>) -> BTreeMap<String, u64> {
     m.iter()
         .filter(|(k, _)| {
-            ["redrain_draws_total", "redrain_wins_total", "redrain_draw_replays_total", "redrain_slot_refusals_total", "redrain_quota_refusals_total", "redrain_config_seq"]
-                .iter()
-                .any(|p| k.starts_with(p))
+            [
+                "redrain_draws_total",
+                "redrain_wins_total",
+                "redrain_draw_replays_total",
+                "redrain_slot_refusals_total",
+                "redrain_quota_refusals_total",
+                "redrain_config_seq",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
         })
         .map(|(k, v)| (k.clone(), *v as u64))
         .collect()
@@ -293,12 +363,18 @@ pub fn draw_counters(m: &HashMap<String, f64>) -> BTreeMap<String, u64> {
 
 /// Sum of `redrain_wins_total` over prizes.
 pub fn total_wins(m: &HashMap<String, f64>) -> u64 {
-    m.iter().filter(|(k, _)| k.starts_with("redrain_wins_total{")).map(|(_, v)| *v as u64).sum()
+    m.iter()
+        .filter(|(k, _)| k.starts_with("redrain_wins_total{"))
+        .map(|(_, v)| *v as u64)
+        .sum()
 }
 
 /// Sum of `redrain_draws_total` over outcomes.
 pub fn total_draws(m: &HashMap<String, f64>) -> u64 {
-    m.iter().filter(|(k, _)| k.starts_with("redrain_draws_total{")).map(|(_, v)| *v as u64).sum()
+    m.iter()
+        .filter(|(k, _)| k.starts_with("redrain_draws_total{"))
+        .map(|(_, v)| *v as u64)
+        .sum()
 }
 
 /// POSTs a config with a bearer token (`None`: no Authorization header).
@@ -308,13 +384,28 @@ pub async fn publish(c: &mut Conn, body: &str, content_type: &str, token: Option
     if let Some(a) = &auth {
         headers.push(("authorization", a.as_str()));
     }
-    c.send(Method::POST, "/admin/api/config", &headers, Bytes::from(body.to_string())).await.unwrap()
+    c.send(
+        Method::POST,
+        "/admin/api/config",
+        &headers,
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .unwrap()
 }
 
 /// The live config's seq, read through the admin API.
 pub async fn config_seq(c: &mut Conn) -> u64 {
     let auth = format!("Bearer {TOKEN}");
-    let r = c.send(Method::GET, "/admin/api/config", &[("authorization", &auth)], Bytes::new()).await.unwrap();
+    let r = c
+        .send(
+            Method::GET,
+            "/admin/api/config",
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.json()["seq"].as_u64().unwrap()
 }
