@@ -156,7 +156,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let addr = listener.local_addr()?;
         // Tests and scripts read this line to find a port-0 listener.
         println!("redrain listening on http://{addr}");
-        tracing::info!(%addr, data = %settings.data_dir.display(), seq = app.service.snapshot().seq.0, "serving; admin UI and API under /admin");
+        tracing::info!(%addr, data = %settings.data_dir.display(), seq = app.service.snapshot().seq.0, "serving; admin API under /admin/api");
         server::run(listener, app, shutdown_signal(), Duration::from_secs(10)).await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
