@@ -401,7 +401,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(96))]
 
     /// Threads meeting at a barrier before each phase, all reading one slot per phase: each
     /// slot grants exactly min(attempts across threads, share).
@@ -457,7 +457,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// Eight threads taking at once issue exactly min(attempts, limit) and never pass the limit.
     #[test]
@@ -857,7 +857,7 @@ fn plan_once(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Four threads planning for distinct users at readings spread over a few seconds (so some
     /// readings are stale): per prize, wins never pass this node's quota, no slot grants more
@@ -1158,7 +1158,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Takers planning from four threads while a publisher lowers and raises quotas: every
     /// refusal reports an `issued` above its quota, the seq ends at the start plus the accepted
