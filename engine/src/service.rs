@@ -198,7 +198,7 @@ impl DrawService {
             return Ok(stored);
         }
         let (round_key, campaign_key) = (round.id.as_str(), campaign.id.as_str());
-        let standing = match self.standings.get(round_key, campaign_key, &req.user) {
+        let loaded = match self.standings.get(round_key, campaign_key, &req.user) {
             Some(s) => s,
             None => self
                 .storage
@@ -217,7 +217,7 @@ impl DrawService {
             &self.book,
             round,
             &req.user,
-            standing,
+            loaded,
             req.shakes,
             now_ms,
             &mut rng,
@@ -253,7 +253,7 @@ impl DrawService {
         // Nothing was drawn and no state changed: answer without a write.
         let Some(standing) = plan
             .standing
-            .filter(|s| *s != standing || !plan.wins.is_empty() || plan.outcome == Outcome::None)
+            .filter(|s| *s != loaded || !plan.wins.is_empty() || plan.outcome == Outcome::None)
         else {
             self.metrics.draws[outcome_index].fetch_add(1, Relaxed);
             return Ok(serde_json::to_vec(&response).map_err(ApiError::internal)?);
@@ -304,6 +304,7 @@ impl DrawService {
             round.id.as_str(),
             campaign.id.as_str(),
             &req.user,
+            &loaded,
             &standing,
         ));
         let body = serde_json::to_vec(&response).map_err(ApiError::internal)?;

@@ -311,19 +311,32 @@ pub fn win_key(user: &str, at_ms: u64, win_id: &str) -> Vec<u8> {
     .concat()
 }
 
-/// The standing records to store for `s`.
-pub fn standing_ops(round: &str, campaign: &str, user: &str, s: &UserStanding) -> [Op; 2] {
-    let mut r = Vec::with_capacity(20);
-    r.extend_from_slice(&s.occurrence.unwrap_or(0).to_le_bytes());
-    r.extend_from_slice(&s.first_draw_ms.unwrap_or(0).to_le_bytes());
-    r.extend_from_slice(&s.round_wins.to_le_bytes());
-    let mut c = Vec::with_capacity(12);
-    c.extend_from_slice(&s.campaign_wins.to_le_bytes());
-    c.extend_from_slice(&s.campaign_cash_cents.to_le_bytes());
-    [
-        Op::Put(Cf::Users, round_key(round, user), r),
-        Op::Put(Cf::Users, campaign_key(campaign, user), c),
-    ]
+/// The writes that take a user's stored standing from `old` to `new`: each of the round part
+/// and the campaign part only when it changed (a returning user's no-win draw changes neither).
+pub fn standing_ops(
+    round: &str,
+    campaign: &str,
+    user: &str,
+    old: &UserStanding,
+    new: &UserStanding,
+) -> Vec<Op> {
+    let mut ops = Vec::with_capacity(2);
+    let round_part = |s: &UserStanding| (s.occurrence, s.first_draw_ms, s.round_wins);
+    if round_part(old) != round_part(new) {
+        let mut r = Vec::with_capacity(20);
+        r.extend_from_slice(&new.occurrence.unwrap_or(0).to_le_bytes());
+        r.extend_from_slice(&new.first_draw_ms.unwrap_or(0).to_le_bytes());
+        r.extend_from_slice(&new.round_wins.to_le_bytes());
+        ops.push(Op::Put(Cf::Users, round_key(round, user), r));
+    }
+    if (old.campaign_wins, old.campaign_cash_cents) != (new.campaign_wins, new.campaign_cash_cents)
+    {
+        let mut c = Vec::with_capacity(12);
+        c.extend_from_slice(&new.campaign_wins.to_le_bytes());
+        c.extend_from_slice(&new.campaign_cash_cents.to_le_bytes());
+        ops.push(Op::Put(Cf::Users, campaign_key(campaign, user), c));
+    }
+    ops
 }
 
 fn write_group<'a>(db: &DB, ops: impl Iterator<Item = &'a Op>) -> Result<(), StorageError> {
