@@ -256,7 +256,7 @@ impl DrawService {
             .filter(|s| *s != loaded || !plan.wins.is_empty() || plan.outcome == Outcome::None)
         else {
             self.metrics.draws[outcome_index].fetch_add(1, Relaxed);
-            return Ok(serde_json::to_vec(&response).map_err(ApiError::internal)?);
+            return serde_json::to_vec(&response).map_err(ApiError::internal);
         };
 
         let occurrence = plan.occurrence.map_or(0, |o| o.index);

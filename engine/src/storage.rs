@@ -84,6 +84,9 @@ struct Job {
     done: oneshot::Sender<Result<(), StorageError>>,
 }
 
+/// One stored key and its value, as returned by a scan.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// The engine's durable store.
 pub struct Storage {
     db: Arc<DB>,
@@ -212,7 +215,7 @@ impl Storage {
         cf: Cf,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Vec<KeyValue>, StorageError> {
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(
             self.cf(cf),
