@@ -14,15 +14,21 @@ use serde_json::json;
 use warp::http::{header, Response, StatusCode};
 use warp::{Buf, Filter, Rejection};
 
+use crate::drops::{DEFAULT_NEARBY, MAX_NEARBY};
 use crate::error::{parse_json, ApiError};
-use crate::server::App;
-use crate::service::{DrawRequest, WinRecord};
+use crate::server::{App, PublishFailure};
+use crate::service::{ClaimRequest, DrawRequest, WinRecord};
 use crate::storage::Cf;
+use quota::store::PublishError;
+use redrain_geo::Coord;
+use std::collections::HashMap;
 
 /// Largest draw request body.
 pub const MAX_DRAW_BODY: usize = 4 << 10;
 /// Largest config body.
 pub const MAX_CONFIG_BODY: usize = 1 << 20;
+/// Largest claim request body.
+pub const MAX_CLAIM_BODY: usize = 4 << 10;
 /// Most wins listed for one user.
 pub const MAX_LISTED_WINS: usize = 1000;
 
@@ -46,6 +52,34 @@ pub fn routes(
                 reply
             },
         );
+    let claim = warp::path!("v1" / "drops" / String / "claim")
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(body_limited(MAX_CLAIM_BODY))
+        .then(
+            |drop: String, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
+                let started = Instant::now();
+                let result = async {
+                    let req: ClaimRequest = parse_json(&body?)?;
+                    app.service.claim(&drop, req).await
+                };
+                let reply = match result.await {
+                    Ok(body) => json_reply(StatusCode::OK, body),
+                    Err(e) => error_reply(&e),
+                };
+                app.service.metrics.other_latency.observe(started.elapsed());
+                reply
+            },
+        );
+    let nearby = warp::path!("v1" / "drops" / "nearby")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_app.clone())
+        .map(|q: HashMap<String, String>, app: Arc<App>| timed(&app, || nearby(&app, &q)));
+    let region = warp::path!("v1" / "regions" / String)
+        .and(warp::get())
+        .and(with_app.clone())
+        .map(|id: String, app: Arc<App>| timed(&app, || region(&app, &id)));
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| json_reply(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()));
@@ -107,6 +141,12 @@ pub fn routes(
         );
 
     draw.or(healthz)
+        .unify()
+        .or(nearby)
+        .unify()
+        .or(claim)
+        .unify()
+        .or(region)
         .unify()
         .or(rounds)
         .unify()
@@ -276,6 +316,70 @@ fn user_wins(app: &App, user: &str) -> Result<Reply, ApiError> {
     json_ok(&json!({"user": user, "wins": wins, "truncated": truncated}))
 }
 
+/// A query parameter parsed as a finite-or-not number; 400 naming it when absent or not a
+/// number.
+fn number_param(q: &HashMap<String, String>, name: &str) -> Result<f64, ApiError> {
+    let text = q
+        .get(name)
+        .ok_or_else(|| ApiError::field(name, "is required"))?;
+    text.trim()
+        .parse::<f64>()
+        .map_err(|_| ApiError::field(name, format!("must be a number, got {text:?}")))
+}
+
+fn nearby(app: &App, q: &HashMap<String, String>) -> Result<Reply, ApiError> {
+    if let Some(unknown) = q
+        .keys()
+        .find(|k| !matches!(k.as_str(), "lat" | "lng" | "limit"))
+    {
+        return Err(ApiError::field(
+            unknown.as_str(),
+            "unknown parameter (expected lat, lng, limit)",
+        ));
+    }
+    let at = Coord::new(number_param(q, "lat")?, number_param(q, "lng")?)
+        .map_err(|e| ApiError::field(e.field, e.problem))?;
+    let limit = match q.get("limit") {
+        None => DEFAULT_NEARBY,
+        Some(text) => text
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_NEARBY).contains(n))
+            .ok_or_else(|| {
+                ApiError::field(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_NEARBY}, got {text:?}"),
+                )
+            })?,
+    };
+    let svc = &app.service;
+    let (set, snap) = svc.drops.consistent(|| svc.store.load()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "republishing",
+            "the drop tasks are being republished; retry",
+        )
+    })?;
+    let drops = svc.drops.nearby(&set, &snap, at, limit, svc.clock.now_ms());
+    json_ok(&json!({
+        "seq": snap.seq.0, "lat": at.lat(), "lng": at.lng(), "limit": limit, "drops": drops,
+    }))
+}
+
+fn region(app: &App, id: &str) -> Result<Reply, ApiError> {
+    let view = app.service.drops.regions();
+    let count = view
+        .regions
+        .get(id)
+        .ok_or_else(|| ApiError::not_found("region", id))?;
+    let mut body = serde_json::to_value(count).map_err(ApiError::internal)?;
+    body["region"] = id.into();
+    body["as_of"] = format_ms(view.as_of_ms).into();
+    body["seq"] = view.seq.into();
+    json_ok(&body)
+}
+
 fn authorize(app: &App, header_value: Option<&str>) -> Result<(), ApiError> {
     // The scheme name is case-insensitive (RFC 9110 §11.1).
     let presented = header_value
@@ -321,11 +425,19 @@ fn publish(app: &App, content_type: Option<&str>, body: &[u8]) -> Result<Reply, 
         )
     })?;
     let snap = crate::server::publish(&app.service, config, None).map_err(|e| match e {
-        quota::store::PublishError::QuotaBelowIssued { ref field, .. } => ApiError {
+        PublishFailure::Store(PublishError::QuotaBelowIssued { ref field, .. }) => ApiError {
             field: Some(field.clone()),
             ..ApiError::new(StatusCode::CONFLICT, "quota_below_issued", e.to_string())
         },
-        quota::store::PublishError::Persist(_) => ApiError::unavailable(e),
+        PublishFailure::Store(PublishError::Persist(_)) => ApiError::unavailable(e),
+        PublishFailure::Drops(d) => ApiError {
+            field: Some(d.field.clone()),
+            ..ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_drops",
+                d.to_string(),
+            )
+        },
     })?;
     tracing::info!(seq = snap.seq.0, "config published");
     json_ok(&json!({"seq": snap.seq.0}))

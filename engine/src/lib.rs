@@ -8,6 +8,8 @@
 //!   shutdown future resolves ([`server::run`]).
 //! - [`api`]: warp routes, bounded bodies, JSON errors, admin authentication.
 //! - [`service`]: the draw: per-user lock → idempotency check → plan → durable commit → answer.
+//! - [`drops`]: geo drop tasks: point files loaded, screened and indexed off the query path,
+//!   swapped in with their config; nearby, per-drop claims, region counts.
 //! - [`storage`]: RocksDB column families and the group-commit writer.
 //! - [`userlock`]: per-user serialization without a global lock.
 //! - [`cache`]: the bounded in-process cache of user standings.
@@ -27,6 +29,7 @@
 pub mod api;
 pub mod cache;
 pub mod client;
+pub mod drops;
 pub mod error;
 pub mod load;
 pub mod metrics;

@@ -1,12 +1,13 @@
 //! `redrain`: serve the engine, check a config, or load-test a running engine.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use quota::clock::SystemClock;
 use quota::config::Config;
 use quota::store::NodeShare;
@@ -34,6 +35,24 @@ enum Command {
     },
     /// Drive a running engine over HTTP and check its properties afterwards.
     Load(redrain::load::LoadArgs),
+    /// Geo drop tasks.
+    Drops {
+        #[command(subcommand)]
+        command: DropsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DropsCommand {
+    /// Read, screen and index the drop tasks of a config offline, as a publish would, with a
+    /// progress bar; check that every point is found at its own place; report.
+    Import {
+        /// The TOML config; point and zone files are taken relative to its directory.
+        config: PathBuf,
+        /// Only this task.
+        #[arg(long)]
+        task: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -78,6 +97,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { file } => check_config(&file),
         Command::Load(args) => runtime(None).and_then(|rt| rt.block_on(redrain::load::run(args))),
+        Command::Drops {
+            command: DropsCommand::Import { config, task },
+        } => import_drops(&config, task.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -103,10 +125,11 @@ fn check_config(file: &PathBuf) -> anyhow::Result<ExitCode> {
         Ok(c) => {
             let prizes = c.prizes().count();
             println!(
-                "{}: ok ({} campaigns, {} rounds, {} prizes, {} partners)",
+                "{}: ok ({} campaigns, {} rounds, {} drop tasks, {} prizes, {} partners)",
                 file.display(),
                 c.campaigns.len(),
                 c.rounds.len(),
+                c.drops.len(),
                 prizes,
                 c.partners.len()
             );
@@ -119,6 +142,82 @@ fn check_config(file: &PathBuf) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn import_drops(file: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let config = Config::from_toml(&text).map_err(|e| {
+        let list: Vec<String> = e.errors.iter().map(|f| format!("  {f}")).collect();
+        anyhow::anyhow!("{} is invalid:\n{}", file.display(), list.join("\n"))
+    })?;
+    if only.is_some_and(|id| config.drop_task(id).is_none()) {
+        anyhow::bail!(
+            "{} has no drop task {:?}",
+            file.display(),
+            only.unwrap_or_default()
+        );
+    }
+    let base = server::config_dir(file);
+    let style = ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ({eta})")?
+        .progress_chars("=> ");
+    let mut failed = false;
+    for (i, task) in config.drops.iter().enumerate() {
+        let id = task.round.id.as_str();
+        if only.is_some_and(|o| o != id) {
+            continue;
+        }
+        let bar = ProgressBar::new(0).with_style(style.clone());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        let started = Instant::now();
+        let built = redrain::drops::build(&base, task, &format!("drops[{i}]"), &bar);
+        let built_in = started.elapsed();
+        let live = match built {
+            Ok(live) => live,
+            Err(e) => {
+                bar.finish_and_clear();
+                println!("{id}: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        // Every point must come back from a k = 0 query at its own place (checked on up to
+        // 100,000 evenly spaced points).
+        let n = live.coords.len();
+        let step = n.div_ceil(100_000).max(1);
+        bar.set_message("checking the index");
+        bar.set_length(n.div_ceil(step) as u64);
+        bar.set_position(0);
+        let mut out = Vec::new();
+        let mut missing = 0usize;
+        for drop in (0..n).step_by(step) {
+            bar.inc(1);
+            let at = live.coords[drop];
+            let found = live.index.nearby(at, 0, usize::MAX, &mut out).is_ok()
+                && out.iter().any(|f| f.drop as usize == drop);
+            missing += usize::from(!found);
+        }
+        bar.finish_and_clear();
+        println!(
+            "{id}: {} points read, {} screened out, {n} indexed at resolution {} in {:.2?} \
+             ({:.1} bytes/point); {} checked, {missing} not found",
+            live.read,
+            live.read - n,
+            task.resolution,
+            built_in,
+            live.index.heap_bytes() as f64 / n.max(1) as f64,
+            n.div_ceil(step),
+        );
+        for (zone, count) in &live.screened {
+            println!("  zone {zone}: {count} screened out");
+        }
+        failed |= missing > 0;
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

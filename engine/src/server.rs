@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::cache::StandingCache;
+use crate::drops::{DropError, Drops};
 use crate::metrics::Metrics;
 use crate::service::DrawService;
 use crate::storage::{Cf, Op, Storage};
@@ -124,6 +125,7 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         metrics: Metrics::default(),
         clock,
         seed: settings.seed,
+        drops: Drops::new(config_dir(&settings.config_path)),
     });
     if seq.0 == 0 {
         // A fresh data dir: make the file's config durable as SeqNo 1.
@@ -132,6 +134,14 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     } else if let Some(config) = pending_file {
         publish(&service, config, Some(&file_hash))?;
         tracing::info!(path = %settings.config_path.display(), "config file changed; published it");
+    } else {
+        let snapshot = service.store.load();
+        let prepared = service.drops.prepare(&snapshot.config, &service.storage)?;
+        service.storage.commit_blocking(prepared.ops())?;
+        service.drops.install(prepared, snapshot.seq.0);
+        service
+            .drops
+            .refresh_regions(|| service.store.load(), now_ms);
     }
     Ok(App {
         service,
@@ -139,14 +149,38 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     })
 }
 
+/// The directory relative point and zone files of drop tasks are read from.
+pub fn config_dir(config_path: &std::path::Path) -> PathBuf {
+    match config_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Why a publish was refused; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishFailure {
+    /// The config store refused it.
+    #[error(transparent)]
+    Store(#[from] PublishError),
+    /// A drop task's points could not be loaded, or changed under claims.
+    #[error(transparent)]
+    Drops(#[from] DropError),
+}
+
 /// Publishes `config` as the next SeqNo, durably; `file_hash` marks it as read from the file.
+/// Drop tasks are read, screened and indexed first; their set goes live right after the
+/// config.
 pub fn publish(
     service: &DrawService,
     config: Config,
     file_hash: Option<&str>,
-) -> Result<Arc<Snapshot>, PublishError> {
+) -> Result<Arc<Snapshot>, PublishFailure> {
+    let _one_at_a_time = service.drops.publishing.lock();
+    let prepared = service.drops.prepare(&config, &service.storage)?;
+    let digest_ops = prepared.ops();
     let now_ms = service.clock.now_ms();
-    let snapshot = service
+    let published = service
         .store
         .publish(config, &service.book, now_ms, |seq, config| {
             let stored = serde_json::to_vec(&StoredConfig {
@@ -169,11 +203,23 @@ pub fn publish(
                     hash.as_bytes().to_vec(),
                 ));
             }
+            ops.extend(digest_ops);
             service
                 .storage
                 .commit_blocking(ops)
                 .map_err(|e| e.to_string())
-        })?;
+        });
+    let snapshot = match published {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            prepared.abandon();
+            return Err(e.into());
+        }
+    };
+    service.drops.install(prepared, snapshot.seq.0);
+    service
+        .drops
+        .refresh_regions(|| service.store.load(), now_ms);
     service
         .book
         .retain(|prize, occurrence| counter_is_open(&snapshot.config, prize, occurrence, now_ms));
@@ -188,6 +234,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
+    let refresher = tokio::spawn(refresh_regions(app.clone()));
     let service = warp::service(crate::api::routes(app));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -219,10 +266,29 @@ pub async fn run(
         });
     }
     drop(listener);
+    refresher.abort();
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("connections still open after the drain period; closing");
+    }
+}
+
+/// Recounts region remaining counts every `region_refresh_s` (the shortest of the live tasks').
+async fn refresh_regions(app: Arc<App>) {
+    let svc = &app.service;
+    loop {
+        let every = crate::drops::Drops::refresh_interval_ms(&svc.store.load().config);
+        tokio::time::sleep(Duration::from_millis(every)).await;
+        let svc = svc.clone();
+        // Counting walks every drop: off the async workers.
+        let counted = tokio::task::spawn_blocking(move || {
+            svc.drops
+                .refresh_regions(|| svc.store.load(), svc.clock.now_ms());
+        });
+        if counted.await.is_err() {
+            tracing::error!("region count refresh panicked");
+        }
     }
 }

@@ -5,21 +5,25 @@ use std::sync::Arc;
 
 use quota::book::CounterBook;
 use quota::clock::Clock;
-use quota::config::{format_ms, PrizeKind, Round};
-use quota::draw::{Outcome, MAX_SHAKES};
+use quota::config::{format_ms, Campaign, DropTask, PrizeKind, Round};
+use quota::draw::{DrawPlan, Outcome, UserStanding, MAX_SHAKES};
 use quota::ids::check_id;
 use quota::schedule::{fnv1a, NotLive};
 use quota::store::{ConfigStore, Snapshot};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use redrain_geo::Coord;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use warp::http::StatusCode;
 
 use crate::cache::StandingCache;
+use crate::drops::{parse_drop_id, Entry, TakeError};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::storage::{counter_key, request_key, standing_ops, win_key, Cf, Op, Storage};
+use crate::storage::{
+    claim_request_key, counter_key, drop_key, request_key, standing_ops, win_key, Cf, Op, Storage,
+};
 use crate::userlock::UserLocks;
 
 /// A draw request body.
@@ -37,6 +41,34 @@ pub struct DrawRequest {
 
 fn one() -> u32 {
     1
+}
+
+/// A geo drop claim request body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// The user claiming.
+    pub user: String,
+    /// Client-chosen id; a retry with the same id gets the same answer and claims nothing.
+    pub request_id: String,
+    /// Where the user is: latitude in degrees.
+    pub lat: f64,
+    /// Where the user is: longitude in degrees.
+    pub lng: f64,
+}
+
+/// What a planned draw or claim makes durable, besides the plan itself.
+struct Commit<'a> {
+    snapshot: &'a Snapshot,
+    round: &'a Round,
+    user: &'a str,
+    request_id: &'a str,
+    /// Where the answer is stored for retries; also salts the win ids.
+    request_key: Vec<u8>,
+    loaded: UserStanding,
+    now_ms: u64,
+    /// The claimed drop's counter key.
+    drop_key: Option<Vec<u8>>,
 }
 
 /// One win in a response.
@@ -80,6 +112,9 @@ pub struct DrawResponse {
     pub wins: Vec<WinView>,
     /// SeqNo of the config the draw used.
     pub seq: u64,
+    /// The geo drop claimed, for a claim.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub drop: Option<String>,
 }
 
 /// A win as stored (and listed to its user).
@@ -144,6 +179,8 @@ pub struct DrawService {
     pub clock: Arc<dyn Clock>,
     /// Seed of every draw's randomness (mixed with the user and request id).
     pub seed: u64,
+    /// Geo drop tasks: the live index set and region counts.
+    pub drops: crate::drops::Drops,
 }
 
 impl DrawService {
@@ -237,6 +274,7 @@ impl DrawService {
             occurrence: plan.occurrence.map(|o| o.index),
             wins: Vec::with_capacity(plan.wins.len()),
             seq: snapshot.seq.0,
+            drop: None,
         };
         let outcome_index = match plan.outcome {
             Outcome::Win => 0,
@@ -259,15 +297,41 @@ impl DrawService {
             return serde_json::to_vec(&response).map_err(ApiError::internal);
         };
 
+        let commit = Commit {
+            snapshot,
+            round,
+            user: &req.user,
+            request_id: &req.request_id,
+            request_key: request_key(&req.user, &req.request_id),
+            loaded,
+            now_ms,
+            drop_key: None,
+        };
+        self.commit_plan(commit, &plan, standing, response, outcome_index)
+            .await
+    }
+
+    /// Makes a plan with wins (or a changed standing) durable, then answers; gives the wins
+    /// back if the commit fails.
+    async fn commit_plan(
+        &self,
+        c: Commit<'_>,
+        plan: &DrawPlan,
+        standing: UserStanding,
+        mut response: DrawResponse,
+        outcome_index: usize,
+    ) -> Result<Vec<u8>, ApiError> {
+        let (snapshot, round, now_ms) = (c.snapshot, c.round, c.now_ms);
+        let campaign = &snapshot.config.campaigns[round.campaign];
         let occurrence = plan.occurrence.map_or(0, |o| o.index);
-        let mut ops = Vec::with_capacity(3 + 3 * plan.wins.len());
+        let mut ops = Vec::with_capacity(4 + 3 * plan.wins.len());
         for (i, w) in plan.wins.iter().enumerate() {
             let prize = &round.prizes[w.prize];
-            let view = win_view(req, i, prize, w.amount.map(|a| a.0), now_ms);
+            let view = win_view(&c.request_key, i, prize, w.amount.map(|a| a.0), now_ms);
             let record = WinRecord {
                 view: view.clone(),
-                user: req.user.clone(),
-                request_id: req.request_id.clone(),
+                user: c.user.to_string(),
+                request_id: c.request_id.to_string(),
                 round: round.id.to_string(),
                 occurrence,
                 partner: snapshot.config.partners[prize.partner].id.to_string(),
@@ -275,7 +339,7 @@ impl DrawService {
             };
             let delivery = DeliveryRecord {
                 win_id: view.win_id.clone(),
-                user: req.user.clone(),
+                user: c.user.to_string(),
                 partner: record.partner.clone(),
                 prize: prize.id.to_string(),
                 amount_cents: view.amount_cents,
@@ -285,7 +349,7 @@ impl DrawService {
             };
             ops.push(Op::Put(
                 Cf::Wins,
-                win_key(&req.user, now_ms, &view.win_id),
+                win_key(c.user, now_ms, &view.win_id),
                 serde_json::to_vec(&record).map_err(ApiError::internal)?,
             ));
             ops.push(Op::Put(
@@ -300,19 +364,18 @@ impl DrawService {
             ));
             response.wins.push(view);
         }
+        if let Some(key) = c.drop_key {
+            ops.push(Op::Add(Cf::Drops, key, 1));
+        }
         ops.extend(standing_ops(
             round.id.as_str(),
             campaign.id.as_str(),
-            &req.user,
-            &loaded,
+            c.user,
+            &c.loaded,
             &standing,
         ));
         let body = serde_json::to_vec(&response).map_err(ApiError::internal)?;
-        ops.push(Op::Put(
-            Cf::Requests,
-            request_key(&req.user, &req.request_id),
-            body.clone(),
-        ));
+        ops.push(Op::Put(Cf::Requests, c.request_key, body.clone()));
 
         if let Err(e) = self.storage.commit(ops).await {
             plan.give_back();
@@ -320,12 +383,148 @@ impl DrawService {
             return Err(ApiError::unavailable(e));
         }
         self.standings
-            .put(round_key, campaign_key, &req.user, &standing);
+            .put(round.id.as_str(), campaign.id.as_str(), c.user, &standing);
         self.metrics.draws[outcome_index].fetch_add(1, Relaxed);
         for w in &plan.wins {
             self.metrics.win(&round.prizes[w.prize].id);
         }
         Ok(body)
+    }
+
+    /// Validates and runs a claim of geo drop `drop_id`; resolves once the win is durable.
+    pub async fn claim(
+        self: &Arc<Self>,
+        drop_id: &str,
+        req: ClaimRequest,
+    ) -> Result<Vec<u8>, ApiError> {
+        check_id(&req.user).map_err(|e| ApiError::field("user", e.to_string()))?;
+        check_id(&req.request_id).map_err(|e| ApiError::field("request_id", e.to_string()))?;
+        let at = Coord::new(req.lat, req.lng).map_err(|e| ApiError::field(e.field, e.problem))?;
+        let (set, snapshot) = self
+            .drops
+            .consistent(|| self.store.load())
+            .ok_or_else(republishing)?;
+        let (task, drop) = parse_drop_id(drop_id)
+            .filter(|(task, n)| {
+                set.entry(task)
+                    .is_some_and(|e| (*n as usize) < e.live.coords.len())
+            })
+            .ok_or_else(|| ApiError::not_found("drop", drop_id))?;
+        let (task, drop_id) = (task.to_string(), drop_id.to_string());
+        // As for draws: run to completion even if the client goes away.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let entry = set.entry(&task).expect("checked above");
+            this.claim_locked(&snapshot, entry, drop, &drop_id, at, &req)
+                .await
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+
+    async fn claim_locked(
+        &self,
+        snapshot: &Snapshot,
+        entry: &Entry,
+        drop: u32,
+        drop_id: &str,
+        at: Coord,
+        req: &ClaimRequest,
+    ) -> Result<Vec<u8>, ApiError> {
+        let task = &snapshot.config.drops[entry.config_index];
+        let round = &task.round;
+        let campaign = &snapshot.config.campaigns[round.campaign];
+        let _guard = self.locks.lock(&req.user).await.map_err(|e| {
+            self.metrics.user_busy.fetch_add(1, Relaxed);
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "user_busy", e.to_string())
+        })?;
+        let request_key = claim_request_key(&req.user, &req.request_id);
+        if let Some(stored) = self
+            .storage
+            .get(Cf::Requests, &request_key)
+            .map_err(ApiError::unavailable)?
+        {
+            self.metrics.replays.fetch_add(1, Relaxed);
+            return Ok(stored);
+        }
+        let distance = entry.live.coords[drop as usize].distance_m(at);
+        if distance > f64::from(task.radius_m) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "too_far",
+                format!(
+                    "drop {drop_id} is {distance:.1} m away; claims must come from within {} m",
+                    task.radius_m
+                ),
+            ));
+        }
+        let (round_key, campaign_key) = (round.id.as_str(), campaign.id.as_str());
+        let loaded = match self.standings.get(round_key, campaign_key, &req.user) {
+            Some(s) => s,
+            None => self
+                .storage
+                .standing(round_key, campaign_key, &req.user)
+                .map_err(ApiError::unavailable)?,
+        };
+        let claims = &entry.live.claims;
+        claims.take(drop, task.per_drop).map_err(|e| match e {
+            TakeError::Exhausted => ApiError::new(
+                StatusCode::CONFLICT,
+                "drop_exhausted",
+                format!("every prize of drop {drop_id} was claimed"),
+            ),
+            TakeError::Retired => republishing(),
+        })?;
+        let now_ms = self.clock.now_ms();
+        let mut rng = SmallRng::seed_from_u64(
+            self.seed ^ fnv1a(&request_key).rotate_left(29) ^ u64::from(drop),
+        );
+        let plan = quota::draw::plan(
+            snapshot,
+            &self.store,
+            &self.book,
+            round,
+            &req.user,
+            loaded,
+            1,
+            now_ms,
+            &mut rng,
+        );
+        self.metrics
+            .slot_refusals
+            .fetch_add(plan.slot_refusals.into(), Relaxed);
+        self.metrics
+            .quota_refusals
+            .fetch_add(plan.quota_refusals.into(), Relaxed);
+        let Some(standing) = plan.standing.filter(|_| !plan.wins.is_empty()) else {
+            claims.give_back(drop);
+            return Err(claim_refusal(&plan, task, campaign));
+        };
+        let response = DrawResponse {
+            outcome: Outcome::Win.as_str().to_string(),
+            reason: None,
+            retry_at: None,
+            round: round.id.to_string(),
+            occurrence: plan.occurrence.map(|o| o.index),
+            wins: Vec::with_capacity(plan.wins.len()),
+            seq: snapshot.seq.0,
+            drop: Some(drop_id.to_string()),
+        };
+        let commit = Commit {
+            snapshot,
+            round,
+            user: &req.user,
+            request_id: &req.request_id,
+            request_key,
+            loaded,
+            now_ms,
+            drop_key: Some(drop_key(round.id.as_str(), drop)),
+        };
+        let answer = self.commit_plan(commit, &plan, standing, response, 0).await;
+        if answer.is_err() {
+            claims.give_back(drop);
+        }
+        answer
     }
 
     /// The live snapshot.
@@ -347,17 +546,75 @@ impl DrawService {
     }
 }
 
+/// Why a claim that passed the radius and drop checks won nothing.
+fn claim_refusal(plan: &DrawPlan, task: &DropTask, campaign: &Campaign) -> ApiError {
+    let conflict = |code, message: String| ApiError::new(StatusCode::CONFLICT, code, message);
+    let round = &task.round;
+    match plan.outcome {
+        Outcome::NotLive(NotLive::Paused) => {
+            conflict("paused", format!("task {} is paused", round.id))
+        }
+        Outcome::NotLive(_) => conflict(
+            "outside_window",
+            format!(
+                "task {} takes claims from {} to {}",
+                round.id,
+                format_ms(round.starts_at_ms),
+                format_ms(round.starts_at_ms + round.duration_ms)
+            ),
+        ),
+        Outcome::Capped => conflict(
+            "claim_cap_reached",
+            format!(
+                "the user reached a claim cap: {} in task {}{}",
+                round.max_wins_per_user,
+                round.id,
+                campaign
+                    .max_wins_per_user
+                    .map_or(String::new(), |c| format!(
+                        " or {c} wins in campaign {}",
+                        campaign.id
+                    ))
+            ),
+        ),
+        _ if plan.slot_refusals > 0 => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "task {} is handing out prizes at its rate limit; retry shortly",
+                round.id
+            ),
+        ),
+        _ if plan.quota_refusals > 0 => conflict(
+            "task_exhausted",
+            format!("every prize of task {} was given out", round.id),
+        ),
+        _ => conflict(
+            "cash_cap_reached",
+            format!("the user reached the cash cap of campaign {}", campaign.id),
+        ),
+    }
+}
+
+fn republishing() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "republishing",
+        "the drop tasks are being republished; retry with the same request_id",
+    )
+}
+
+/// A win as the client sees it; its id is derived from the request's key, so a retry yields
+/// the same id and draws and claims never share one.
 fn win_view(
-    req: &DrawRequest,
+    request_key: &[u8],
     index: usize,
     prize: &quota::config::Prize,
     amount_cents: Option<u64>,
     at_ms: u64,
 ) -> WinView {
     let digest = Sha256::new()
-        .chain_update(req.user.as_bytes())
-        .chain_update([0])
-        .chain_update(req.request_id.as_bytes())
+        .chain_update(request_key)
         .chain_update([0])
         .chain_update((index as u32).to_be_bytes())
         .finalize();

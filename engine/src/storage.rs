@@ -8,7 +8,8 @@
 //!
 //! Column families: `requests` (idempotency records), `users` (standings), `wins`,
 //! `deliveries` (pending records for the delivery work), `counters` (issued per prize and
-//! occurrence, summed by a merge operator), `meta` (published configs).
+//! occurrence, summed by a merge operator), `meta` (published configs), `drops` (prizes claimed
+//! per geo drop, summed likewise).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -53,15 +54,18 @@ pub enum Cf {
     Counters,
     /// Configs and bookkeeping.
     Meta,
+    /// `task \0 drop(be u32)` → prizes claimed from that geo drop (u64 LE, merged by addition).
+    Drops,
 }
 
-const CFS: [(Cf, &str); 6] = [
+const CFS: [(Cf, &str); 7] = [
     (Cf::Requests, "requests"),
     (Cf::Users, "users"),
     (Cf::Wins, "wins"),
     (Cf::Deliveries, "deliveries"),
     (Cf::Counters, "counters"),
     (Cf::Meta, "meta"),
+    (Cf::Drops, "drops"),
 ];
 
 fn handle(db: &DB, cf: Cf) -> &ColumnFamily {
@@ -161,7 +165,7 @@ impl Storage {
                 o.set_memtable_whole_key_filtering(true);
                 o.set_memtable_prefix_bloom_ratio(0.1);
             }
-            if *cf == Cf::Counters {
+            if matches!(cf, Cf::Counters | Cf::Drops) {
                 o.set_merge_operator_associative("add_u64", add_merge);
             }
             ColumnFamilyDescriptor::new(*name, o)
@@ -267,6 +271,19 @@ impl Storage {
         Ok(s)
     }
 
+    /// Every claimed count of a geo drop task: (drop, claimed).
+    pub fn drop_claims(&self, task: &str) -> Result<Vec<(u32, u64)>, StorageError> {
+        let prefix = [task.as_bytes(), b"\0"].concat();
+        let rows = self.scan_prefix(Cf::Drops, &prefix, usize::MAX)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let drop = k[prefix.len()..].try_into().ok().map(u32::from_be_bytes)?;
+                Some((drop, decode_u64(&v)))
+            })
+            .collect())
+    }
+
     /// Every persisted counter: (prize, occurrence, issued).
     pub fn counters(&self) -> Result<Vec<(String, u64, u64)>, StorageError> {
         let mut out = Vec::new();
@@ -301,6 +318,17 @@ pub fn campaign_key(campaign: &str, user: &str) -> Vec<u8> {
 /// Key of a counter.
 pub fn counter_key(prize: &str, occurrence: u64) -> Vec<u8> {
     [prize.as_bytes(), b"\0", &occurrence.to_be_bytes()].concat()
+}
+
+/// Key of an idempotency record of a geo drop claim (apart from draws': a draw's request id
+/// never holds `\0`).
+pub fn claim_request_key(user: &str, request_id: &str) -> Vec<u8> {
+    [user.as_bytes(), b"\0claim\0", request_id.as_bytes()].concat()
+}
+
+/// Key of a geo drop's claimed count.
+pub fn drop_key(task: &str, drop: u32) -> Vec<u8> {
+    [task.as_bytes(), b"\0", &drop.to_be_bytes()].concat()
 }
 
 /// Key of a win, ordered by time within the user.

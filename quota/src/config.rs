@@ -22,6 +22,14 @@ pub const MAX_AMOUNT_CENTS: u64 = 100_000_000;
 pub const MAX_PRIZES_PER_ROUND: usize = 64;
 /// Most rounds in one config.
 pub const MAX_ROUNDS: usize = 1024;
+/// Most geo drop tasks in one config.
+pub const MAX_DROP_TASKS: usize = 64;
+/// Finest H3 resolution.
+pub const MAX_H3_RESOLUTION: u64 = 15;
+/// Most rings a drop task's `nearby` may return (a k-disk has 3k(k+1)+1 cells).
+pub const MAX_RINGS: u64 = 8;
+/// Largest claim radius, in metres.
+pub const MAX_RADIUS_M: u64 = 10_000;
 
 // ---------------------------------------------------------------------------------------------
 // Raw documents
@@ -40,6 +48,9 @@ pub struct RawConfig {
     /// Rain windows with their prizes.
     #[serde(default)]
     pub rounds: Vec<RawRound>,
+    /// Geo drop tasks: prizes placed at points of interest, claimed by walking to them.
+    #[serde(default)]
+    pub drops: Vec<RawDropTask>,
 }
 
 /// A campaign as written.
@@ -132,6 +143,63 @@ fn one() -> u32 {
     1
 }
 
+/// A geo drop task as written: prizes placed at the points of a POI file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawDropTask {
+    /// Unique id, shared namespace with rounds (a user's claims are counted under it).
+    pub id: String,
+    /// The campaign this task belongs to (its per-user caps apply to claims too).
+    pub campaign: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// The POI file, CSV `lat,lng[,name][,region]` or GeoJSON points (`.geojson`/`.json`);
+    /// a relative path is taken from the directory of the engine's config file.
+    pub points: String,
+    /// GeoJSON files of exclusion zones; points inside any of them are never placed.
+    #[serde(default)]
+    pub zones: Vec<String>,
+    /// H3 resolution of the index (0..=15; 10 has cells of about 66 m edge).
+    #[serde(default = "default_resolution")]
+    pub resolution: u8,
+    /// Rings around the user's cell that `nearby` returns.
+    #[serde(default = "default_k")]
+    pub k: u32,
+    /// A claim must come from within this many metres of the drop.
+    pub radius_m: u32,
+    /// RFC 3339 start of the claim window.
+    pub starts_at: String,
+    /// RFC 3339 end (exclusive) of the claim window.
+    pub ends_at: String,
+    /// Prizes in each drop.
+    #[serde(default = "one")]
+    pub per_drop: u32,
+    /// Most claims one user may make in this task.
+    pub max_claims_per_user: u32,
+    /// How often per-region remaining counts are recomputed.
+    #[serde(default = "default_region_refresh_s")]
+    pub region_refresh_s: u64,
+    /// Kill switch: a paused task takes no claims.
+    #[serde(default)]
+    pub paused: bool,
+    /// The prizes a claim gives, picked by weight; `quota` and `rate_per_s` are per task.
+    #[serde(default)]
+    pub prizes: Vec<RawPrize>,
+}
+
+fn default_resolution() -> u8 {
+    10
+}
+
+fn default_k() -> u32 {
+    2
+}
+
+fn default_region_refresh_s() -> u64 {
+    5
+}
+
 /// A prize as written.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -178,7 +246,10 @@ pub struct Config {
     pub partners: Vec<Partner>,
     /// Rounds in file order.
     pub rounds: Vec<Round>,
+    /// Geo drop tasks in file order.
+    pub drops: Vec<DropTask>,
     round_index: HashMap<RoundId, usize>,
+    drop_index: HashMap<RoundId, usize>,
     campaign_index: HashMap<CampaignId, usize>,
     /// The raw document this was validated from (the admin API returns it).
     pub raw: RawConfig,
@@ -267,6 +338,29 @@ pub struct Round {
     pub prizes: Vec<Prize>,
 }
 
+/// A validated geo drop task. Its claims run through the draw path on [`DropTask::round`]: a
+/// one-off round spanning the claim window, with no "no win" weight and the task's claim cap as
+/// its per-user win cap, so quotas, slots, caps and fall-through are the draw's own.
+#[derive(Debug, Clone)]
+pub struct DropTask {
+    /// The POI file as written.
+    pub points: String,
+    /// Exclusion zone files as written.
+    pub zones: Vec<String>,
+    /// H3 resolution of the index.
+    pub resolution: u8,
+    /// Rings returned by `nearby`.
+    pub k: u32,
+    /// Claim radius.
+    pub radius_m: u32,
+    /// Prizes in each drop.
+    pub per_drop: u32,
+    /// Region count refresh interval.
+    pub region_refresh_ms: u64,
+    /// The claim window, caps and prizes as a round (id = the task's id).
+    pub round: Round,
+}
+
 /// What a prize gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PrizeKind {
@@ -312,10 +406,24 @@ impl Config {
     pub fn campaign(&self, id: &str) -> Option<&Campaign> {
         self.campaign_index.get(id).map(|&i| &self.campaigns[i])
     }
-    /// Every prize with its round.
+    /// Finds a geo drop task by id.
+    pub fn drop_task(&self, id: &str) -> Option<&DropTask> {
+        self.drop_index.get(id).map(|&i| &self.drops[i])
+    }
+    /// Every round, then every drop task's round, with its field path (`rounds[1]`,
+    /// `drops[0]`).
+    pub fn every_round(&self) -> impl Iterator<Item = (String, &Round)> {
+        let rounds = self.rounds.iter().enumerate();
+        let drops = self.drops.iter().enumerate();
+        rounds
+            .map(|(i, r)| (format!("rounds[{i}]"), r))
+            .chain(drops.map(|(i, d)| (format!("drops[{i}]"), &d.round)))
+    }
+    /// Every prize (of rounds and drop tasks) with its round.
     pub fn prizes(&self) -> impl Iterator<Item = (&Round, &Prize)> {
         self.rounds
             .iter()
+            .chain(self.drops.iter().map(|d| &d.round))
             .flat_map(|r| r.prizes.iter().map(move |p| (r, p)))
     }
     /// Parses and validates a TOML document.
@@ -446,6 +554,15 @@ impl RawConfig {
             p.add(
                 "rounds",
                 format!("at most {MAX_ROUNDS} rounds, got {}", self.rounds.len()),
+            );
+        }
+        if self.drops.len() > MAX_DROP_TASKS {
+            p.add(
+                "drops",
+                format!(
+                    "at most {MAX_DROP_TASKS} drop tasks, got {}",
+                    self.drops.len()
+                ),
             );
         }
 
@@ -636,12 +753,130 @@ impl RawConfig {
             }
         }
 
+        let mut drops = Vec::new();
+        let mut drop_index = HashMap::new();
+        for (i, d) in self.drops.iter().enumerate() {
+            let at = |f: &str| format!("drops[{i}].{f}");
+            let id = p.id(at("id"), &d.id, RoundId::new);
+            let campaign = campaign_index.get(d.campaign.as_str()).copied();
+            if campaign.is_none() {
+                p.add(at("campaign"), format!("unknown campaign {:?}", d.campaign));
+            }
+            let lower = d.points.to_ascii_lowercase();
+            if !(lower.ends_with(".csv") || lower.ends_with(".geojson") || lower.ends_with(".json"))
+            {
+                p.add(
+                    at("points"),
+                    format!("must be a .csv, .geojson or .json file, got {:?}", d.points),
+                );
+            }
+            for (z, zone) in d.zones.iter().enumerate() {
+                if zone.trim().is_empty() {
+                    p.add(format!("drops[{i}].zones[{z}]"), "must be a file path");
+                }
+            }
+            p.range(at("resolution"), d.resolution.into(), 0, MAX_H3_RESOLUTION);
+            p.range(at("k"), d.k.into(), 0, MAX_RINGS);
+            p.range(at("radius_m"), d.radius_m.into(), 1, MAX_RADIUS_M);
+            p.range(at("per_drop"), d.per_drop.into(), 1, MAX_QUOTA);
+            p.range(
+                at("max_claims_per_user"),
+                d.max_claims_per_user.into(),
+                1,
+                1_000_000,
+            );
+            p.range(at("region_refresh_s"), d.region_refresh_s, 1, 3600);
+            let starts = p.time(at("starts_at"), &d.starts_at);
+            let ends = p.time(at("ends_at"), &d.ends_at);
+            if let (Some(s), Some(e)) = (starts, ends) {
+                if e <= s {
+                    p.add(at("ends_at"), "must be after starts_at");
+                }
+            }
+            if d.prizes.is_empty() {
+                p.add(at("prizes"), "a drop task needs at least one prize");
+            }
+            if d.prizes.len() > MAX_PRIZES_PER_ROUND {
+                p.add(
+                    at("prizes"),
+                    format!(
+                        "at most {MAX_PRIZES_PER_ROUND} prizes, got {}",
+                        d.prizes.len()
+                    ),
+                );
+            }
+            let mut prizes = Vec::new();
+            for (j, z) in d.prizes.iter().enumerate() {
+                let base = format!("drops[{i}].prizes[{j}]");
+                if let Some(prize) = validate_prize(&mut p, &base, z, &partner_index, &partners) {
+                    if !prize_ids.insert(prize.id.clone()) {
+                        p.add(
+                            format!("{base}.id"),
+                            format!("duplicate prize id {}", prize.id),
+                        );
+                    }
+                    prizes.push(prize);
+                }
+            }
+            let total_weight: u64 = prizes.iter().map(|z| u64::from(z.weight)).sum();
+            if total_weight == 0 && !d.prizes.is_empty() {
+                p.add(
+                    at("prizes"),
+                    "the prizes' weights sum to 0: give one a weight",
+                );
+            }
+            let (Some(id), Some(campaign), Some(starts), Some(ends)) = (id, campaign, starts, ends)
+            else {
+                continue;
+            };
+            if let Some(c) = campaigns.get(campaign) {
+                if starts < c.starts_at_ms || ends > c.ends_at_ms {
+                    p.add(
+                        at("starts_at"),
+                        "the window must fall within its campaign's starts_at..ends_at",
+                    );
+                }
+            }
+            if round_index.contains_key(&id) || drop_index.insert(id.clone(), drops.len()).is_some()
+            {
+                p.add(at("id"), format!("duplicate round or drop task id {id}"));
+            }
+            let duration_ms = ends.saturating_sub(starts);
+            drops.push(DropTask {
+                points: d.points.clone(),
+                zones: d.zones.clone(),
+                resolution: d.resolution,
+                k: d.k,
+                radius_m: d.radius_m,
+                per_drop: d.per_drop,
+                region_refresh_ms: d.region_refresh_s.saturating_mul(1000),
+                round: Round {
+                    id,
+                    campaign,
+                    name: d.name.clone(),
+                    starts_at_ms: starts,
+                    duration_ms,
+                    every_ms: None,
+                    participation_ms: duration_ms,
+                    stagger_groups: 1,
+                    stagger_ms: 0,
+                    max_wins_per_user: d.max_claims_per_user,
+                    no_win_weight: 0,
+                    total_weight,
+                    paused: d.paused,
+                    prizes,
+                },
+            });
+        }
+
         if p.0.is_empty() {
             Ok(Config {
                 campaigns,
                 partners,
                 rounds,
+                drops,
                 round_index,
+                drop_index,
                 campaign_index,
                 raw: self.clone(),
             })

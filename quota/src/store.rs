@@ -189,11 +189,11 @@ fn restore(lowered: &[(&Arc<crate::limiter::PrizeCounters>, u32)]) {
 /// The field path and quota of `prize` in `config`, and the first occurrence of its round still
 /// open at `now_ms` (`None`, like a missing prize, when the round is over).
 fn find_quota(config: &Config, prize: &PrizeId, now_ms: u64) -> Option<(String, u64, u64)> {
-    config.rounds.iter().enumerate().find_map(|(i, r)| {
+    config.every_round().find_map(|(path, r)| {
         let j = r.prizes.iter().position(|p| &p.id == prize)?;
         let open_from = r.first_open_occurrence(&config.campaigns[r.campaign], now_ms)?;
         Some((
-            format!("rounds[{i}].prizes[{j}].quota"),
+            format!("{path}.prizes[{j}].quota"),
             r.prizes[j].quota,
             open_from,
         ))
