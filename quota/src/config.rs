@@ -1121,6 +1121,70 @@ mod tests {
         );
     }
 
+    const DROPS: &str = r#"
+        [[drops]]
+        id = "mall"
+        campaign = "spring"
+        points = "points.csv"
+        radius_m = 50
+        starts_at = "2027-01-01T00:00:00Z"
+        ends_at = "2027-02-01T00:00:00Z"
+        max_claims_per_user = 2
+
+        [[drops.prizes]]
+        id = "drop-cash"
+        kind = "cash"
+        amount_cents = 50
+        partner = "wallet"
+        quota = 1000
+        rate_per_s = 10
+        weight = 1
+    "#;
+
+    #[test]
+    fn a_drop_task_is_a_one_off_round_over_its_window() {
+        let c = Config::from_toml(&(GOOD.to_string() + DROPS)).unwrap();
+        let task = c.drop_task("mall").unwrap();
+        assert_eq!((task.resolution, task.k, task.per_drop), (10, 2, 1));
+        let r = &task.round;
+        assert_eq!(
+            (r.every_ms, r.no_win_weight, r.max_wins_per_user),
+            (None, 0, 2)
+        );
+        assert_eq!(r.participation_ms, r.duration_ms);
+        assert_eq!(r.duration_ms, 31 * 86_400_000);
+        assert!(
+            c.round("mall").is_none(),
+            "a task is not drawable as a round"
+        );
+        assert!(c
+            .prizes()
+            .any(|(r, p)| r.id.as_str() == "mall" && p.id.as_str() == "drop-cash"));
+    }
+
+    #[test]
+    fn drop_task_problems_name_the_field_path() {
+        let text = GOOD.to_string()
+            + &DROPS
+                .replace("points.csv", "points.txt")
+                .replace("radius_m = 50", "radius_m = 0\nresolution = 16\nk = 9")
+                .replace("id = \"mall\"", "id = \"r1\"")
+                .replace("2027-02-01", "2026-12-01")
+                .replace("id = \"drop-cash\"", "id = \"cash-88\"");
+        let errs = errors_of(&text);
+        for expected in [
+            "drops[0].points: must be a .csv, .geojson or .json file, got \"points.txt\"",
+            "drops[0].radius_m: must be at least 1",
+            "drops[0].resolution: must be at most 15",
+            "drops[0].k: must be at most 8",
+            "drops[0].ends_at: must be after starts_at",
+            "drops[0].prizes[0].id: duplicate prize id cash-88",
+            "drops[0].id: duplicate round or drop task id r1",
+        ] {
+            assert!(errs.contains(&expected.to_string()), "{expected}: {errs:?}");
+        }
+    }
+
     #[test]
     fn json_and_toml_agree() {
         let c = Config::from_toml(GOOD).unwrap();
