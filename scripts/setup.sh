@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the system packages redrain needs, idempotently (Debian, as root or with sudo).
+# Installs the system packages redrain needs, idempotently (Debian, as root or with sudo), and
+# any extra packages named as arguments (benchmark scripts add their own tools).
 # clang + libclang-dev: bindgen for the rocksdb crate's bindings.
 set -euo pipefail
 
-packages=(clang libclang-dev)
+packages=(clang libclang-dev "$@")
 
 missing=()
 for p in "${packages[@]}"; do

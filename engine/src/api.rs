@@ -361,10 +361,7 @@ fn nearby(app: &App, q: &HashMap<String, String>) -> Result<Reply, ApiError> {
             "the drop tasks are being republished; retry",
         )
     })?;
-    let drops = svc.drops.nearby(&set, &snap, at, limit, svc.clock.now_ms());
-    json_ok(&json!({
-        "seq": snap.seq.0, "lat": at.lat(), "lng": at.lng(), "limit": limit, "drops": drops,
-    }))
+    json_ok(&set.nearby(&snap, at, limit, svc.clock.now_ms()))
 }
 
 fn region(app: &App, id: &str) -> Result<Reply, ApiError> {

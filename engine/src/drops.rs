@@ -334,6 +334,74 @@ impl DropSet {
     pub fn entry(&self, task: &str) -> Option<&Entry> {
         self.by_id.get(task).map(|&i| &self.entries[i])
     }
+
+    /// The drops of live tasks in the user's cell and its rings, nearest first, at most
+    /// `limit`, with their tasks.
+    pub fn nearby<'a>(
+        &'a self,
+        snapshot: &'a Snapshot,
+        at: Coord,
+        limit: usize,
+        now_ms: u64,
+    ) -> NearbyAnswer<'a> {
+        let mut found: Vec<(f64, usize, Nearby)> = Vec::new();
+        let mut scratch = Vec::new();
+        for (e, entry) in self.entries.iter().enumerate() {
+            let task = &snapshot.config.drops[entry.config_index];
+            let campaign = &snapshot.config.campaigns[task.round.campaign];
+            let live_now = matches!(task.round.status(campaign, now_ms), RoundStatus::Live(_));
+            if !live_now || task.round.paused || campaign.paused {
+                continue;
+            }
+            if entry
+                .live
+                .index
+                .nearby(at, task.k, limit, &mut scratch)
+                .is_err()
+            {
+                continue; // k was validated against the same bound
+            }
+            found.extend(scratch.iter().map(|n| (n.distance_m, e, *n)));
+        }
+        found.sort_unstable_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then(a.1.cmp(&b.1))
+                .then(a.2.drop.cmp(&b.2.drop))
+        });
+        found.truncate(limit);
+        let mut tasks = BTreeMap::new();
+        let drops = found
+            .into_iter()
+            .map(|(_, e, n)| {
+                let entry = &self.entries[e];
+                let task = &snapshot.config.drops[entry.config_index];
+                let live = &entry.live;
+                tasks.entry(live.id.as_str()).or_insert_with(|| TaskSummary {
+                    name: &task.round.name,
+                    radius_m: task.radius_m,
+                    prizes: &entry.prizes,
+                });
+                NearbyDrop {
+                    id: format!("{}:{}", live.id, n.drop),
+                    task: &live.id,
+                    name: live.name(n.drop),
+                    region: live.region(n.drop),
+                    lat: n.at.lat(),
+                    lng: n.at.lng(),
+                    distance_m: (n.distance_m * 10.0).round() / 10.0,
+                    remaining: task.per_drop.saturating_sub(live.claims.claimed(n.drop)),
+                }
+            })
+            .collect();
+        NearbyAnswer {
+            seq: snapshot.seq.0,
+            lat: at.lat(),
+            lng: at.lng(),
+            limit,
+            drops,
+            tasks,
+        }
+    }
 }
 
 /// A new drop set, built but not yet live.
@@ -388,8 +456,34 @@ pub struct NearbyDrop<'a> {
     pub distance_m: f64,
     /// Prizes left in the drop.
     pub remaining: u32,
-    /// What a claim may give.
+}
+
+/// What a claim in one task may give, listed once per answer rather than per drop.
+#[derive(Debug, Serialize)]
+pub struct TaskSummary<'a> {
+    /// Display name.
+    pub name: &'a str,
+    /// Claims must come from within this many metres.
+    pub radius_m: u32,
+    /// The prizes: id, kind and amount range or SKU.
     pub prizes: &'a serde_json::Value,
+}
+
+/// A nearby answer.
+#[derive(Debug, Serialize)]
+pub struct NearbyAnswer<'a> {
+    /// SeqNo of the config answered from.
+    pub seq: u64,
+    /// The user's place, as quantized.
+    pub lat: f64,
+    /// The user's place, as quantized.
+    pub lng: f64,
+    /// Most drops listed.
+    pub limit: usize,
+    /// The drops, nearest first.
+    pub drops: Vec<NearbyDrop<'a>>,
+    /// Each listed drop's task, by id.
+    pub tasks: BTreeMap<&'a str, TaskSummary<'a>>,
 }
 
 /// Remaining prizes of one region.
@@ -561,62 +655,6 @@ impl Drops {
             let snap = load_config();
             (set.seq == snap.seq.0).then_some((set, snap))
         })
-    }
-
-    /// The drops of live tasks in the user's cell and its rings, nearest first, at most
-    /// `limit`.
-    pub fn nearby<'a>(
-        &self,
-        set: &'a DropSet,
-        snapshot: &Snapshot,
-        at: Coord,
-        limit: usize,
-        now_ms: u64,
-    ) -> Vec<NearbyDrop<'a>> {
-        let mut found: Vec<(f64, usize, Nearby)> = Vec::new();
-        let mut scratch = Vec::new();
-        for (e, entry) in set.entries.iter().enumerate() {
-            let task = &snapshot.config.drops[entry.config_index];
-            let campaign = &snapshot.config.campaigns[task.round.campaign];
-            let live_now = matches!(task.round.status(campaign, now_ms), RoundStatus::Live(_));
-            if !live_now || task.round.paused || campaign.paused {
-                continue;
-            }
-            if entry
-                .live
-                .index
-                .nearby(at, task.k, limit, &mut scratch)
-                .is_err()
-            {
-                continue; // k was validated against the same bound
-            }
-            found.extend(scratch.iter().map(|n| (n.distance_m, e, *n)));
-        }
-        found.sort_unstable_by(|a, b| {
-            a.0.total_cmp(&b.0)
-                .then(a.1.cmp(&b.1))
-                .then(a.2.drop.cmp(&b.2.drop))
-        });
-        found.truncate(limit);
-        found
-            .into_iter()
-            .map(|(_, e, n)| {
-                let entry = &set.entries[e];
-                let task = &snapshot.config.drops[entry.config_index];
-                let live = &entry.live;
-                NearbyDrop {
-                    id: format!("{}:{}", live.id, n.drop),
-                    task: &live.id,
-                    name: live.name(n.drop),
-                    region: live.region(n.drop),
-                    lat: n.at.lat(),
-                    lng: n.at.lng(),
-                    distance_m: (n.distance_m * 10.0).round() / 10.0,
-                    remaining: task.per_drop.saturating_sub(live.claims.claimed(n.drop)),
-                    prizes: &entry.prizes,
-                }
-            })
-            .collect()
     }
 
     /// Recounts the remaining prizes of every region from the live set, if it is consistent

@@ -144,7 +144,10 @@ async fn nearby_lists_screened_drops_nearest_first_and_claims_need_the_radius() 
         .collect();
     assert!(distances.windows(2).all(|w| w[0] <= w[1]), "{distances:?}");
     assert!(listed.iter().all(|d| d["remaining"] == json!(2)));
-    assert_eq!(listed[0]["prizes"][0]["prize"], json!("grid-cash"));
+    let full = get_ok(&mut c, "/v1/drops/nearby?lat=31.2305&lng=121.4705&limit=100").await;
+    assert_eq!(full["tasks"]["grid"]["prizes"][0]["prize"], json!("grid-cash"));
+    assert_eq!(full["tasks"]["grid"]["radius_m"], json!(30));
+    assert!(listed.iter().all(|d| d["task"] == json!("grid")));
     let few = nearby(&mut c, 31.2305, 121.4705, 3).await;
     assert_eq!(few[..], listed[..3], "a smaller limit keeps the nearest");
 
