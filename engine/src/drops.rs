@@ -376,11 +376,13 @@ impl DropSet {
                 let entry = &self.entries[e];
                 let task = &snapshot.config.drops[entry.config_index];
                 let live = &entry.live;
-                tasks.entry(live.id.as_str()).or_insert_with(|| TaskSummary {
-                    name: &task.round.name,
-                    radius_m: task.radius_m,
-                    prizes: &entry.prizes,
-                });
+                tasks
+                    .entry(live.id.as_str())
+                    .or_insert_with(|| TaskSummary {
+                        name: &task.round.name,
+                        radius_m: task.radius_m,
+                        prizes: &entry.prizes,
+                    });
                 NearbyDrop {
                     id: format!("{}:{}", live.id, n.drop),
                     task: &live.id,
@@ -588,6 +590,13 @@ impl Drops {
             }
         }
         let mut live = build(&self.base_dir, task, &at, &ProgressBar::hidden())?;
+        tracing::info!(
+            task = id,
+            read = live.read,
+            indexed = live.coords.len(),
+            screened = ?live.screened,
+            "drop task indexed"
+        );
         let changed = |claimed: u64| {
             error(
                 format!("{at}.points"),

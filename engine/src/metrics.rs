@@ -66,6 +66,10 @@ pub struct Metrics {
     pub storage_errors: AtomicU64,
     /// Draw requests refused because the user had too many in flight.
     pub user_busy: AtomicU64,
+    /// Geo drop claims that won.
+    pub claims: AtomicU64,
+    /// Geo drop claims refused (radius, drop or task exhausted, window, caps, rate).
+    pub claim_refusals: AtomicU64,
     wins: RwLock<HashMap<PrizeId, AtomicU64>>,
     /// Latency of draw requests.
     pub draw_latency: Latency,
@@ -126,6 +130,16 @@ impl Metrics {
                 "redrain_user_busy_total",
                 "Draw requests refused: too many in flight for one user.",
                 &self.user_busy,
+            ),
+            (
+                "redrain_claims_total",
+                "Geo drop claims that won.",
+                &self.claims,
+            ),
+            (
+                "redrain_claim_refusals_total",
+                "Geo drop claims refused: too far, drop or task exhausted, window, caps, rate.",
+                &self.claim_refusals,
             ),
         ];
         for (name, help, c) in counters {

@@ -1,6 +1,6 @@
 //! The draw service: load the user's standing, plan the draw, make it durable, answer.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use quota::book::CounterBook;
@@ -307,7 +307,8 @@ impl DrawService {
             now_ms,
             drop_key: None,
         };
-        self.commit_plan(commit, &plan, standing, response, outcome_index)
+        let counted = &self.metrics.draws[outcome_index];
+        self.commit_plan(commit, &plan, standing, response, counted)
             .await
     }
 
@@ -319,7 +320,7 @@ impl DrawService {
         plan: &DrawPlan,
         standing: UserStanding,
         mut response: DrawResponse,
-        outcome_index: usize,
+        counted: &AtomicU64,
     ) -> Result<Vec<u8>, ApiError> {
         let (snapshot, round, now_ms) = (c.snapshot, c.round, c.now_ms);
         let campaign = &snapshot.config.campaigns[round.campaign];
@@ -384,7 +385,7 @@ impl DrawService {
         }
         self.standings
             .put(round.id.as_str(), campaign.id.as_str(), c.user, &standing);
-        self.metrics.draws[outcome_index].fetch_add(1, Relaxed);
+        counted.fetch_add(1, Relaxed);
         for w in &plan.wins {
             self.metrics.win(&round.prizes[w.prize].id);
         }
@@ -413,13 +414,20 @@ impl DrawService {
         let (task, drop_id) = (task.to_string(), drop_id.to_string());
         // As for draws: run to completion even if the client goes away.
         let this = self.clone();
-        tokio::spawn(async move {
+        let answer = tokio::spawn(async move {
             let entry = set.entry(&task).expect("checked above");
             this.claim_locked(&snapshot, entry, drop, &drop_id, at, &req)
                 .await
         })
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+        if answer
+            .as_ref()
+            .is_err_and(|e| e.status < 500 && e.code != "user_busy")
+        {
+            self.metrics.claim_refusals.fetch_add(1, Relaxed);
+        }
+        answer
     }
 
     async fn claim_locked(
@@ -520,7 +528,9 @@ impl DrawService {
             now_ms,
             drop_key: Some(drop_key(round.id.as_str(), drop)),
         };
-        let answer = self.commit_plan(commit, &plan, standing, response, 0).await;
+        let answer = self
+            .commit_plan(commit, &plan, standing, response, &self.metrics.claims)
+            .await;
         if answer.is_err() {
             claims.give_back(drop);
         }

@@ -144,8 +144,15 @@ async fn nearby_lists_screened_drops_nearest_first_and_claims_need_the_radius() 
         .collect();
     assert!(distances.windows(2).all(|w| w[0] <= w[1]), "{distances:?}");
     assert!(listed.iter().all(|d| d["remaining"] == json!(2)));
-    let full = get_ok(&mut c, "/v1/drops/nearby?lat=31.2305&lng=121.4705&limit=100").await;
-    assert_eq!(full["tasks"]["grid"]["prizes"][0]["prize"], json!("grid-cash"));
+    let full = get_ok(
+        &mut c,
+        "/v1/drops/nearby?lat=31.2305&lng=121.4705&limit=100",
+    )
+    .await;
+    assert_eq!(
+        full["tasks"]["grid"]["prizes"][0]["prize"],
+        json!("grid-cash")
+    );
     assert_eq!(full["tasks"]["grid"]["radius_m"], json!(30));
     assert!(listed.iter().all(|d| d["task"] == json!("grid")));
     let few = nearby(&mut c, 31.2305, 121.4705, 3).await;
@@ -208,6 +215,13 @@ async fn concurrent_claims_on_one_drop_never_exceed_its_quota() {
         ((409, "drop_exhausted".to_string()), USERS - 3),
     ]);
     assert_eq!(outcomes, expected);
+    let m = metrics(&mut server.conn().await).await;
+    assert_eq!(metric(&m, "redrain_claims_total"), 3.0);
+    assert_eq!(
+        metric(&m, "redrain_claim_refusals_total"),
+        (USERS - 3) as f64
+    );
+    assert_eq!(total_draws(&m), 0, "claims are not counted as draws");
 
     // The claimed count is durable: after a restart the drop is still exhausted.
     let server = server.restart().await;

@@ -13,6 +13,8 @@
 //! ancestor's range, where the disk's other cells usually fall too: a handful of cache misses
 //! where a bisection of the whole array costs one per level.
 
+use std::cell::RefCell;
+
 use h3o::{CellIndex, Resolution};
 use rustc_hash::FxHashMap;
 
@@ -136,18 +138,21 @@ impl DropIndex {
     /// The searches run in lockstep, one bisection step of every search per round, so the
     /// memory loads of different searches are independent and the CPU overlaps their misses
     /// (one search alone waits for each of its loads in turn).
-    fn find_all(&self, disk: &[CellIndex], found: &mut Vec<usize>) {
+    fn find_all(
+        &self,
+        disk: &[CellIndex],
+        searches: &mut Vec<(u64, usize, usize)>,
+        found: &mut Vec<usize>,
+    ) {
         // (cell, range start, range length) of every search still under way.
-        let mut searches: Vec<(u64, usize, usize)> = disk
-            .iter()
-            .filter_map(|&c| {
-                let cell = u64::from(c);
-                let &(lo, hi) = self.directory.get(&(cell >> self.ancestor_shift))?;
-                Some((cell, lo as usize, (hi - lo) as usize))
-            })
-            .collect();
+        searches.clear();
+        searches.extend(disk.iter().filter_map(|&c| {
+            let cell = u64::from(c);
+            let &(lo, hi) = self.directory.get(&(cell >> self.ancestor_shift))?;
+            Some((cell, lo as usize, (hi - lo) as usize))
+        }));
         while searches.iter().any(|s| s.2 > 1) {
-            for (cell, lo, len) in &mut searches {
+            for (cell, lo, len) in searches.iter_mut() {
                 if *len > 1 {
                     let half = *len / 2;
                     if self.cells[*lo + half] <= *cell {
@@ -214,32 +219,65 @@ impl DropIndex {
             return Err(IndexError::K(k));
         }
         out.clear();
-        let disk: Vec<h3o::CellIndex> = self.cell(at).grid_disk(k);
-        let origin = Origin::new(at);
-        // (haversine key, drop, position) of every candidate; metres only for the answer.
-        let mut found: Vec<(f64, u32, u32)> = Vec::new();
-        let mut positions = Vec::with_capacity(disk.len());
-        self.find_all(&disk, &mut positions);
-        for pos in positions {
-            for i in self.starts[pos]..self.starts[pos + 1] {
-                let p = self.coord(i as usize);
-                found.push((origin.key(p), self.drop[i as usize], i));
+        SCRATCH.with_borrow_mut(|scratch| {
+            let Scratch {
+                disk,
+                searches,
+                positions,
+                found,
+            } = scratch;
+            let cell = self.cell(at);
+            disk.clear();
+            disk.extend(cell.grid_disk_fast(k).map_while(|c| c));
+            if disk.len() != max_disk_len(k) {
+                // Near a pentagon the fast walk gives up; the safe one is always right.
+                disk.clear();
+                disk.extend(cell.grid_disk_safe(k));
             }
-        }
-        let order =
-            |a: &(f64, u32, u32), b: &(f64, u32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
-        if found.len() > limit && limit > 0 {
-            found.select_nth_unstable_by(limit - 1, order);
-        }
-        found.truncate(limit);
-        found.sort_unstable_by(order);
-        out.extend(found.into_iter().map(|(key, drop, i)| Nearby {
-            drop,
-            at: self.coord(i as usize),
-            distance_m: origin.metres(key),
-        }));
+            positions.clear();
+            self.find_all(disk, searches, positions);
+            let origin = Origin::new(at);
+            // (haversine key, drop, position) of every candidate; metres only for the answer.
+            found.clear();
+            for &pos in positions.iter() {
+                for i in self.starts[pos]..self.starts[pos + 1] {
+                    let p = self.coord(i as usize);
+                    found.push((origin.key(p), self.drop[i as usize], i));
+                }
+            }
+            let order =
+                |a: &(f64, u32, u32), b: &(f64, u32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+            if found.len() > limit && limit > 0 {
+                found.select_nth_unstable_by(limit - 1, order);
+            }
+            found.truncate(limit);
+            found.sort_unstable_by(order);
+            out.extend(found.iter().map(|&(key, drop, i)| Nearby {
+                drop,
+                at: self.coord(i as usize),
+                distance_m: origin.metres(key),
+            }));
+        });
         Ok(())
     }
+}
+
+/// Buffers of one thread's queries, kept between them so a query allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    disk: Vec<CellIndex>,
+    searches: Vec<(u64, usize, usize)>,
+    positions: Vec<usize>,
+    found: Vec<(f64, u32, u32)>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Cells in a k-disk away from pentagons: 3k(k+1) + 1.
+fn max_disk_len(k: u32) -> usize {
+    3 * k as usize * (k as usize + 1) + 1
 }
 
 /// The cell of `p` at `res`, as its integer index.
