@@ -43,6 +43,12 @@ fn one() -> u32 {
     1
 }
 
+/// The user's lock, or the stored answer of a request seen before.
+enum Locked<'a> {
+    Guard(crate::userlock::UserGuard<'a>),
+    Replay(Vec<u8>),
+}
+
 /// A geo drop claim request body.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -190,8 +196,7 @@ impl DrawService {
         round_id: &str,
         req: DrawRequest,
     ) -> Result<Vec<u8>, ApiError> {
-        check_id(&req.user).map_err(|e| ApiError::field("user", e.to_string()))?;
-        check_id(&req.request_id).map_err(|e| ApiError::field("request_id", e.to_string()))?;
+        check_ids(&req.user, &req.request_id)?;
         if !(1..=MAX_SHAKES).contains(&req.shakes) {
             return Err(ApiError::field(
                 "shakes",
@@ -222,49 +227,21 @@ impl DrawService {
             .round(round_id)
             .expect("checked by the caller");
         let campaign = &snapshot.config.campaigns[round.campaign];
-        let _guard = self.locks.lock(&req.user).await.map_err(|e| {
-            self.metrics.user_busy.fetch_add(1, Relaxed);
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "user_busy", e.to_string())
-        })?;
-        if let Some(stored) = self
-            .storage
-            .request(&req.user, &req.request_id)
-            .map_err(ApiError::unavailable)?
-        {
-            self.metrics.replays.fetch_add(1, Relaxed);
-            return Ok(stored);
-        }
-        let (round_key, campaign_key) = (round.id.as_str(), campaign.id.as_str());
-        let loaded = match self.standings.get(round_key, campaign_key, &req.user) {
-            Some(s) => s,
-            None => self
-                .storage
-                .standing(round_key, campaign_key, &req.user)
-                .map_err(ApiError::unavailable)?,
+        let key = request_key(&req.user, &req.request_id);
+        let _guard = match self.lock_or_replay(&req.user, &key).await? {
+            Locked::Guard(guard) => guard,
+            Locked::Replay(stored) => return Ok(stored),
         };
+        let loaded = self.standing(round, campaign, &req.user)?;
         let now_ms = self.clock.now_ms();
         let mut rng = SmallRng::seed_from_u64(
             self.seed
                 ^ fnv1a(req.user.as_bytes())
                 ^ fnv1a(req.request_id.as_bytes()).rotate_left(17),
         );
-        let plan = quota::draw::plan(
-            snapshot,
-            &self.store,
-            &self.book,
-            round,
-            &req.user,
-            loaded,
-            req.shakes,
-            now_ms,
-            &mut rng,
+        let plan = self.plan(
+            snapshot, round, &req.user, loaded, req.shakes, now_ms, &mut rng,
         );
-        self.metrics
-            .slot_refusals
-            .fetch_add(plan.slot_refusals.into(), Relaxed);
-        self.metrics
-            .quota_refusals
-            .fetch_add(plan.quota_refusals.into(), Relaxed);
 
         let mut response = DrawResponse {
             outcome: plan.outcome.as_str().to_string(),
@@ -302,7 +279,7 @@ impl DrawService {
             round,
             user: &req.user,
             request_id: &req.request_id,
-            request_key: request_key(&req.user, &req.request_id),
+            request_key: key,
             loaded,
             now_ms,
             drop_key: None,
@@ -310,6 +287,75 @@ impl DrawService {
         let counted = &self.metrics.draws[outcome_index];
         self.commit_plan(commit, &plan, standing, response, counted)
             .await
+    }
+
+    /// Takes the user's lock (429 `user_busy` past the waiting bound), then looks for a stored
+    /// answer under `request_key`.
+    async fn lock_or_replay(&self, user: &str, request_key: &[u8]) -> Result<Locked<'_>, ApiError> {
+        let guard = self.locks.lock(user).await.map_err(|e| {
+            self.metrics.user_busy.fetch_add(1, Relaxed);
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "user_busy", e.to_string())
+        })?;
+        let stored = self
+            .storage
+            .get(Cf::Requests, request_key)
+            .map_err(ApiError::unavailable)?;
+        Ok(match stored {
+            Some(body) => {
+                self.metrics.replays.fetch_add(1, Relaxed);
+                Locked::Replay(body)
+            }
+            None => Locked::Guard(guard),
+        })
+    }
+
+    /// The user's standing in `round` and `campaign`, from the cache or storage.
+    fn standing(
+        &self,
+        round: &Round,
+        campaign: &Campaign,
+        user: &str,
+    ) -> Result<UserStanding, ApiError> {
+        let (round_key, campaign_key) = (round.id.as_str(), campaign.id.as_str());
+        match self.standings.get(round_key, campaign_key, user) {
+            Some(s) => Ok(s),
+            None => self
+                .storage
+                .standing(round_key, campaign_key, user)
+                .map_err(ApiError::unavailable),
+        }
+    }
+
+    /// `quota::draw::plan` on this node's counters, counting its refusals.
+    #[allow(clippy::too_many_arguments)] // reason: the draw's context, as `quota::draw::plan`
+    fn plan(
+        &self,
+        snapshot: &Snapshot,
+        round: &Round,
+        user: &str,
+        standing: UserStanding,
+        shakes: u32,
+        now_ms: u64,
+        rng: &mut SmallRng,
+    ) -> DrawPlan {
+        let plan = quota::draw::plan(
+            snapshot,
+            &self.store,
+            &self.book,
+            round,
+            user,
+            standing,
+            shakes,
+            now_ms,
+            rng,
+        );
+        self.metrics
+            .slot_refusals
+            .fetch_add(plan.slot_refusals.into(), Relaxed);
+        self.metrics
+            .quota_refusals
+            .fetch_add(plan.quota_refusals.into(), Relaxed);
+        plan
     }
 
     /// Makes a plan with wins (or a changed standing) durable, then answers; gives the wins
@@ -398,8 +444,7 @@ impl DrawService {
         drop_id: &str,
         req: ClaimRequest,
     ) -> Result<Vec<u8>, ApiError> {
-        check_id(&req.user).map_err(|e| ApiError::field("user", e.to_string()))?;
-        check_id(&req.request_id).map_err(|e| ApiError::field("request_id", e.to_string()))?;
+        check_ids(&req.user, &req.request_id)?;
         let at = Coord::new(req.lat, req.lng).map_err(|e| ApiError::field(e.field, e.problem))?;
         let (set, snapshot) = self
             .drops
@@ -442,19 +487,11 @@ impl DrawService {
         let task = &snapshot.config.drops[entry.config_index];
         let round = &task.round;
         let campaign = &snapshot.config.campaigns[round.campaign];
-        let _guard = self.locks.lock(&req.user).await.map_err(|e| {
-            self.metrics.user_busy.fetch_add(1, Relaxed);
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "user_busy", e.to_string())
-        })?;
         let request_key = claim_request_key(&req.user, &req.request_id);
-        if let Some(stored) = self
-            .storage
-            .get(Cf::Requests, &request_key)
-            .map_err(ApiError::unavailable)?
-        {
-            self.metrics.replays.fetch_add(1, Relaxed);
-            return Ok(stored);
-        }
+        let _guard = match self.lock_or_replay(&req.user, &request_key).await? {
+            Locked::Guard(guard) => guard,
+            Locked::Replay(stored) => return Ok(stored),
+        };
         let distance = entry.live.coords[drop as usize].distance_m(at);
         if distance > f64::from(task.radius_m) {
             return Err(ApiError::new(
@@ -466,14 +503,7 @@ impl DrawService {
                 ),
             ));
         }
-        let (round_key, campaign_key) = (round.id.as_str(), campaign.id.as_str());
-        let loaded = match self.standings.get(round_key, campaign_key, &req.user) {
-            Some(s) => s,
-            None => self
-                .storage
-                .standing(round_key, campaign_key, &req.user)
-                .map_err(ApiError::unavailable)?,
-        };
+        let loaded = self.standing(round, campaign, &req.user)?;
         let claims = &entry.live.claims;
         claims.take(drop, task.per_drop).map_err(|e| match e {
             TakeError::Exhausted => ApiError::new(
@@ -487,23 +517,7 @@ impl DrawService {
         let mut rng = SmallRng::seed_from_u64(
             self.seed ^ fnv1a(&request_key).rotate_left(29) ^ u64::from(drop),
         );
-        let plan = quota::draw::plan(
-            snapshot,
-            &self.store,
-            &self.book,
-            round,
-            &req.user,
-            loaded,
-            1,
-            now_ms,
-            &mut rng,
-        );
-        self.metrics
-            .slot_refusals
-            .fetch_add(plan.slot_refusals.into(), Relaxed);
-        self.metrics
-            .quota_refusals
-            .fetch_add(plan.quota_refusals.into(), Relaxed);
+        let plan = self.plan(snapshot, round, &req.user, loaded, 1, now_ms, &mut rng);
         let Some(standing) = plan.standing.filter(|_| !plan.wins.is_empty()) else {
             claims.give_back(drop);
             return Err(claim_refusal(&plan, task, campaign));
@@ -554,6 +568,12 @@ impl DrawService {
             })
             .collect()
     }
+}
+
+/// Checks a request's `user` and `request_id` against the id alphabet.
+fn check_ids(user: &str, request_id: &str) -> Result<(), ApiError> {
+    check_id(user).map_err(|e| ApiError::field("user", e.to_string()))?;
+    check_id(request_id).map_err(|e| ApiError::field("request_id", e.to_string()))
 }
 
 /// Why a claim that passed the radius and drop checks won nothing.

@@ -235,11 +235,6 @@ impl Storage {
         Ok(out)
     }
 
-    /// The stored response to `(user, request_id)`, if that request was answered before.
-    pub fn request(&self, user: &str, request_id: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.get(Cf::Requests, &request_key(user, request_id))
-    }
-
     /// The user's standing in `round` (whatever occurrence it was last in) and `campaign`.
     pub fn standing(
         &self,

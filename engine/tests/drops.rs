@@ -115,6 +115,27 @@ async fn claim(c: &mut Conn, drop: &Value, user: &str, request_id: &str, north_m
     .unwrap()
 }
 
+/// `users` users claim `drop` at once, each on its own connection; (status, code) → count.
+async fn claim_at_once(
+    server: &Server,
+    drop: &Value,
+    users: usize,
+) -> BTreeMap<(u16, String), usize> {
+    let mut tasks = Vec::new();
+    for u in 0..users {
+        let (addr, drop) = (server.addr, drop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::connect(addr).await.unwrap();
+            code(&claim(&mut c, &drop, &format!("user-{u}"), "r", 5.0).await)
+        }));
+    }
+    let mut outcomes = BTreeMap::new();
+    for t in tasks {
+        *outcomes.entry(t.await.unwrap()).or_default() += 1;
+    }
+    outcomes
+}
+
 fn code(r: &Reply) -> (u16, String) {
     (
         r.status,
@@ -198,18 +219,7 @@ async fn concurrent_claims_on_one_drop_never_exceed_its_quota() {
     let server = start(dir.path(), 3, 1000, 10).await;
     let drop = drop_named(&mut server.conn().await, "g-7-7").await;
 
-    let mut tasks = Vec::new();
-    for u in 0..USERS {
-        let (addr, drop) = (server.addr, drop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut c = Conn::connect(addr).await.unwrap();
-            code(&claim(&mut c, &drop, &format!("user-{u}"), "r", 5.0).await)
-        }));
-    }
-    let mut outcomes: BTreeMap<(u16, String), usize> = BTreeMap::new();
-    for t in tasks {
-        *outcomes.entry(t.await.unwrap()).or_default() += 1;
-    }
+    let outcomes = claim_at_once(&server, &drop, USERS).await;
     let expected = BTreeMap::from([
         ((200, String::new()), 3),
         ((409, "drop_exhausted".to_string()), USERS - 3),
@@ -235,18 +245,7 @@ async fn concurrent_claims_on_one_drop_never_exceed_its_quota() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), 1000, 5, 10).await;
     let drop = drop_named(&mut server.conn().await, "g-3-3").await;
-    let mut tasks = Vec::new();
-    for u in 0..USERS {
-        let (addr, drop) = (server.addr, drop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut c = Conn::connect(addr).await.unwrap();
-            code(&claim(&mut c, &drop, &format!("user-{u}"), "r", 5.0).await)
-        }));
-    }
-    let mut outcomes: BTreeMap<(u16, String), usize> = BTreeMap::new();
-    for t in tasks {
-        *outcomes.entry(t.await.unwrap()).or_default() += 1;
-    }
+    let outcomes = claim_at_once(&server, &drop, USERS).await;
     let expected = BTreeMap::from([
         ((200, String::new()), 5),
         ((409, "task_exhausted".to_string()), USERS - 5),
