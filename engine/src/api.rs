@@ -128,15 +128,20 @@ pub fn routes(
         .and(warp::post())
         .and(warp::header::optional::<String>("content-type"))
         .and(body_limited(MAX_CONFIG_BODY))
-        .map(
+        .then(
             |auth: Option<String>,
              app: Arc<App>,
              ctype: Option<String>,
-             body: Result<Bytes, ApiError>| {
-                timed(&app, || {
-                    authorize(&app, auth.as_deref())?;
-                    publish(&app, ctype.as_deref(), &body?)
+             body: Result<Bytes, ApiError>| async move {
+                // A publish may read and index millions of drop points: off the async workers.
+                tokio::task::spawn_blocking(move || {
+                    timed(&app, || {
+                        authorize(&app, auth.as_deref())?;
+                        publish(&app, ctype.as_deref(), &body?)
+                    })
                 })
+                .await
+                .unwrap_or_else(|e| error_reply(&ApiError::internal(e)))
             },
         );
 
