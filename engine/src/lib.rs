@@ -10,6 +10,7 @@
 //! - [`service`]: the draw: per-user lock → idempotency check → plan → durable commit → answer.
 //! - [`drops`]: geo drop tasks: point files loaded, screened and indexed off the query path,
 //!   swapped in with their config; nearby, per-drop claims, region counts.
+//! - [`ledger`]: the append-only ledger: CRC-checked segment files, group commit, recovery.
 //! - [`storage`]: RocksDB column families and the group-commit writer.
 //! - [`userlock`]: per-user serialization without a global lock.
 //! - [`cache`]: the bounded in-process cache of user standings.
@@ -31,6 +32,7 @@ pub mod cache;
 pub mod client;
 pub mod drops;
 pub mod error;
+pub mod ledger;
 pub mod load;
 pub mod metrics;
 pub mod server;

@@ -1,5 +1,6 @@
 //! `redrain`: serve the engine, check a config, or load-test a running engine.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,10 +36,33 @@ enum Command {
     },
     /// Drive a running engine over HTTP and check its properties afterwards.
     Load(redrain::load::LoadArgs),
+    /// Ledger files: check or print them.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
     /// Geo drop tasks.
     Drops {
         #[command(subcommand)]
         command: DropsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Check every record of every segment; prints counts, the last good sequence number and
+    /// the first damage, and exits non-zero on damage.
+    Verify {
+        /// The ledger directory.
+        dir: PathBuf,
+    },
+    /// Print the records as JSON lines (until the first damage).
+    Dump {
+        /// The ledger directory.
+        dir: PathBuf,
+        /// Start at this sequence number.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
     },
 }
 
@@ -100,6 +124,12 @@ fn main() -> ExitCode {
         Command::Drops {
             command: DropsCommand::Import { config, task },
         } => import_drops(&config, task.as_deref()),
+        Command::Ledger {
+            command: LedgerCommand::Verify { dir },
+        } => verify_ledger(&dir),
+        Command::Ledger {
+            command: LedgerCommand::Dump { dir, from },
+        } => dump_ledger(&dir, from),
     };
     match result {
         Ok(code) => code,
@@ -142,6 +172,62 @@ fn check_config(file: &PathBuf) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn verify_ledger(dir: &Path) -> anyhow::Result<ExitCode> {
+    let v = redrain::ledger::verify(dir, |_| {})?;
+    let last = v.last_seq.map_or("none".to_string(), |s| s.to_string());
+    println!(
+        "{}: {} segments, {} records, last good sequence {last}",
+        dir.display(),
+        v.segments,
+        v.records
+    );
+    Ok(match v.damage {
+        None => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Some((file, offset, why)) => {
+            println!("damaged: {} at offset {offset}: {why}", file.display());
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn dump_ledger(dir: &Path, from: u64) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut failed = None;
+    let v = redrain::ledger::verify(dir, |r| {
+        if r.seq < from || failed.is_some() {
+            return;
+        }
+        let mut line = serde_json::json!({"seq": r.seq, "kind": r.kind});
+        match serde_json::from_slice::<serde_json::Value>(r.payload) {
+            Ok(v) => line["payload"] = v,
+            Err(_) => {
+                let hex: String = r.payload.iter().map(|b| format!("{b:02x}")).collect();
+                line["payload_hex"] = hex.into();
+            }
+        }
+        if let Err(e) = writeln!(out, "{line}") {
+            failed = Some(e);
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    out.flush()?;
+    Ok(match v.damage {
+        None => ExitCode::SUCCESS,
+        Some((file, offset, why)) => {
+            eprintln!(
+                "stopped at damage: {} at offset {offset}: {why}",
+                file.display()
+            );
+            ExitCode::FAILURE
+        }
+    })
 }
 
 fn import_drops(file: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
