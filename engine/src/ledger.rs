@@ -368,7 +368,8 @@ struct Append {
     done: oneshot::Sender<Result<u64, LedgerError>>,
 }
 
-struct Open {
+/// The segment being written, and where the writer stands in it.
+struct Tail {
     file: File,
     header: Header,
     len: u64,
@@ -377,10 +378,10 @@ struct Open {
     config: LedgerConfig,
 }
 
-impl Open {
+impl Tail {
     /// Opens the ledger in `config.dir`: cuts a damaged tail of the open segment, or starts a
     /// new segment after a sealed one.
-    fn open(config: LedgerConfig) -> Result<(Open, Recovery), LedgerError> {
+    fn recover(config: LedgerConfig) -> Result<(Tail, Recovery), LedgerError> {
         std::fs::create_dir_all(&config.dir)?;
         let files = segments(&config.dir)?;
         let mut recovery = Recovery {
@@ -389,7 +390,7 @@ impl Open {
             cut: None,
         };
         let Some((number, path)) = files.last().cloned() else {
-            let open = Open::create(config, 0, 0)?;
+            let open = Tail::create(config, 0, 0)?;
             return Ok((open, recovery));
         };
         let bytes = std::fs::read(&path)?;
@@ -414,7 +415,7 @@ impl Open {
             std::fs::remove_file(&path)?;
             recovery.next_seq = next_seq;
             recovery.cut = Some((path, 0, "header never written".into()));
-            let open = Open::create(config, number, next_seq)?;
+            let open = Tail::create(config, number, next_seq)?;
             return Ok((open, recovery));
         }
         let scan = scan_segment(&bytes, |_| {}).map_err(|why| {
@@ -426,7 +427,7 @@ impl Open {
         let next_seq = scan.last_seq.map_or(scan.header.first_seq, |s| s + 1);
         recovery.next_seq = next_seq;
         if scan.sealed {
-            let open = Open::create(config, number + 1, next_seq)?;
+            let open = Tail::create(config, number + 1, next_seq)?;
             return Ok((open, recovery));
         }
         if let Some((offset, why)) = scan.damage {
@@ -437,7 +438,7 @@ impl Open {
             recovery.cut = Some((path.clone(), offset, why));
         }
         let file = OpenOptions::new().append(true).open(&path)?;
-        let open = Open {
+        let open = Tail {
             file,
             header: scan.header,
             len: scan.good_len,
@@ -448,7 +449,7 @@ impl Open {
         Ok((open, recovery))
     }
 
-    fn create(config: LedgerConfig, segment: u64, first_seq: u64) -> Result<Open, LedgerError> {
+    fn create(config: LedgerConfig, segment: u64, first_seq: u64) -> Result<Tail, LedgerError> {
         let header = Header {
             node: config.node,
             segment,
@@ -462,7 +463,7 @@ impl Open {
         file.write_all(&header.encode())?;
         file.sync_all()?;
         sync_dir(&config.dir)?;
-        Ok(Open {
+        Ok(Tail {
             file,
             header,
             len: HEADER_LEN as u64,
@@ -479,7 +480,7 @@ impl Open {
         encode_record(last, SEAL, &seal_payload(last, self.records), &mut seal);
         self.file.write_all(&seal)?;
         self.file.sync_all()?;
-        let next = Open::create(self.config.clone(), self.header.segment + 1, self.next_seq)?;
+        let next = Tail::create(self.config.clone(), self.header.segment + 1, self.next_seq)?;
         *self = next;
         Ok(())
     }
@@ -527,7 +528,7 @@ pub struct Ledger {
 impl Ledger {
     /// Opens (creating if needed) the ledger and starts its writer.
     pub fn open(config: LedgerConfig) -> Result<(Arc<Ledger>, Recovery), LedgerError> {
-        let (open, recovery) = Open::open(config)?;
+        let (open, recovery) = Tail::recover(config)?;
         let (tx, rx) = mpsc::channel(APPEND_QUEUE);
         let thread = thread::Builder::new()
             .name("ledger".into())
@@ -596,7 +597,7 @@ impl Drop for Ledger {
     }
 }
 
-fn group_commit(mut open: Open, mut rx: mpsc::Receiver<Append>) {
+fn group_commit(mut open: Tail, mut rx: mpsc::Receiver<Append>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut buf = Vec::with_capacity(1 << 20);
     while let Some(first) = rx.blocking_recv() {

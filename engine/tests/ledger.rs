@@ -23,8 +23,12 @@ fn config(dir: &Path, segment_bytes: u64) -> LedgerConfig {
     }
 }
 
-/// Every data record of the ledger in `dir` before any damage, as (seq, kind, payload).
-fn read_all(dir: &Path) -> (Vec<(u64, u8, Vec<u8>)>, Option<(u64, String)>) {
+/// A record read back: (seq, kind, payload).
+type Owned = (u64, u8, Vec<u8>);
+
+/// Every data record of the ledger in `dir` before any damage, and the damage's offset and
+/// reason.
+fn read_all(dir: &Path) -> (Vec<Owned>, Option<(u64, String)>) {
     let mut out = Vec::new();
     let v = verify(dir, |r| out.push((r.seq, r.kind, r.payload.to_vec()))).unwrap();
     (out, v.damage.map(|(_, offset, why)| (offset, why)))
@@ -107,7 +111,7 @@ fn recovery_cuts_a_torn_tail_at_every_offset() {
         let whole = (cut - HEADER_LEN) / (FRAME_LEN + payload(0).len());
         let (ledger, recovery) = Ledger::open(config(dir.path(), 1 << 20)).unwrap();
         assert_eq!(recovery.next_seq, whole as u64, "cut at {cut}");
-        let at_boundary = (cut - HEADER_LEN) % (FRAME_LEN + payload(0).len()) == 0;
+        let at_boundary = (cut - HEADER_LEN).is_multiple_of(FRAME_LEN + payload(0).len());
         assert_eq!(recovery.cut.is_some(), !at_boundary, "cut at {cut}");
         // Writing goes on from the last whole record.
         assert_eq!(
