@@ -1,0 +1,272 @@
+//! The redrain ledger's on-disk format: segment headers and length-prefixed records, each with
+//! a CRC-32C and a monotonic sequence number. Pure: bytes in, records out (the engine's
+//! `ledger` module writes, rolls and recovers the files).
+//!
+//! # Format (little-endian)
+//!
+//! A segment `{segment:020}.seg` starts with a 36-byte header: magic `RDLEDGR1`, format
+//! version (u16), reserved (u16), node id (u32), segment number (u64), first sequence number
+//! (u64), and a CRC-32C of those 32 bytes. Records follow back to back:
+//!
+//! ```text
+//! len: u32 | crc: u32 | seq: u64 | kind: u8 | payload: len bytes
+//! ```
+//!
+//! `crc` is the CRC-32C of `seq`, `kind` and the payload. Sequence numbers rise by one from
+//! data record to data record across segments. A segment is closed by a seal record (kind 0)
+//! that repeats the last data record's number and whose payload is that number and the count
+//! of data records in the segment; a segment without a seal is the open one.
+//!
+//! [`scan_segment`] reads a segment up to its first torn or corrupt record and says where that
+//! is; nothing after it is ever returned as data.
+
+/// File magic.
+pub const MAGIC: [u8; 8] = *b"RDLEDGR1";
+/// Format version.
+pub const VERSION: u16 = 1;
+/// Bytes of a segment header.
+pub const HEADER_LEN: usize = 36;
+/// Bytes of a record's frame before its payload.
+pub const FRAME_LEN: usize = 17;
+/// Largest payload of one record.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+/// Kind of the record that seals a segment.
+pub const SEAL: u8 = 0;
+
+/// A segment's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The node that wrote it.
+    pub node: u32,
+    /// Its number, from 0.
+    pub segment: u64,
+    /// Sequence number of its first record.
+    pub first_seq: u64,
+}
+
+impl Header {
+    /// The header's bytes.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&self.node.to_le_bytes());
+        b[16..24].copy_from_slice(&self.segment.to_le_bytes());
+        b[24..32].copy_from_slice(&self.first_seq.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..32]);
+        b[32..36].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Parses a header, or says what is wrong with it.
+    pub fn decode(b: &[u8]) -> Result<Header, String> {
+        if b.len() < HEADER_LEN {
+            return Err(format!("header: {} bytes, need {HEADER_LEN}", b.len()));
+        }
+        if b[0..8] != MAGIC {
+            return Err("header: bad magic".into());
+        }
+        if crc32c::crc32c(&b[..32]) != u32_at(b, 32) {
+            return Err("header: CRC mismatch".into());
+        }
+        let version = u16::from_le_bytes([b[8], b[9]]);
+        if version != VERSION {
+            return Err(format!(
+                "header: format version {version}, this build reads {VERSION}"
+            ));
+        }
+        Ok(Header {
+            node: u32_at(b, 12),
+            segment: u64_at(b, 16),
+            first_seq: u64_at(b, 24),
+        })
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Appends one record's bytes to `out`.
+pub fn encode_record(seq: u64, kind: u8, payload: &[u8], out: &mut Vec<u8>) {
+    debug_assert!(payload.len() <= MAX_PAYLOAD);
+    let mut crc = crc32c::crc32c(&seq.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, &[kind]);
+    crc = crc32c::crc32c_append(crc, payload);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+}
+
+/// One record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its kind ([`SEAL`] or the caller's).
+    pub kind: u8,
+    /// Its payload.
+    pub payload: &'a [u8],
+}
+
+/// What the bytes at the start of a buffer hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// A whole, intact record of `len` bytes.
+    Record(Record<'a>, usize),
+    /// The buffer ends inside a record (a torn write).
+    Torn,
+    /// The bytes are not a record.
+    Corrupt(String),
+}
+
+/// Decodes the record at the start of `b`.
+pub fn decode_record(b: &[u8]) -> Decoded<'_> {
+    if b.len() < FRAME_LEN {
+        return Decoded::Torn;
+    }
+    let len = u32_at(b, 0) as usize;
+    if len > MAX_PAYLOAD {
+        return Decoded::Corrupt(format!("length {len} exceeds {MAX_PAYLOAD}"));
+    }
+    if b.len() < FRAME_LEN + len {
+        return Decoded::Torn;
+    }
+    let crc = crc32c::crc32c(&b[8..FRAME_LEN + len]);
+    if crc != u32_at(b, 4) {
+        return Decoded::Corrupt("CRC mismatch".into());
+    }
+    let record = Record {
+        seq: u64_at(b, 8),
+        kind: b[16],
+        payload: &b[FRAME_LEN..FRAME_LEN + len],
+    };
+    Decoded::Record(record, FRAME_LEN + len)
+}
+
+/// The payload of the seal after `records` data records ending at `last_seq`.
+pub fn seal_payload(last_seq: u64, records: u64) -> [u8; 16] {
+    let mut p = [0u8; 16];
+    p[..8].copy_from_slice(&last_seq.to_le_bytes());
+    p[8..].copy_from_slice(&records.to_le_bytes());
+    p
+}
+
+/// How a segment's scan ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// The header.
+    pub header: Header,
+    /// Data records read (the seal not counted).
+    pub records: u64,
+    /// Sequence number of the last good record (data or seal), if any.
+    pub last_seq: Option<u64>,
+    /// Bytes up to the end of the last good record.
+    pub good_len: u64,
+    /// Whether a valid seal ended the segment.
+    pub sealed: bool,
+    /// The first damage: (offset, reason). `None` for a clean segment.
+    pub damage: Option<(u64, String)>,
+}
+
+/// Reads a whole segment, calling `each` for every intact data record up to the first damage.
+///
+/// A seal must be the last record and agree with what precedes it; sequence numbers must rise
+/// by one from the header's `first_seq`.
+pub fn scan_segment(bytes: &[u8], mut each: impl FnMut(Record<'_>)) -> Result<Scan, String> {
+    let header = Header::decode(bytes)?;
+    let mut scan = Scan {
+        header,
+        records: 0,
+        last_seq: None,
+        good_len: HEADER_LEN as u64,
+        sealed: false,
+        damage: None,
+    };
+    let mut at = HEADER_LEN;
+    while at < bytes.len() {
+        let damage = |why: String| Some((at as u64, why));
+        if scan.sealed {
+            scan.damage = damage("data after the seal".into());
+            break;
+        }
+        let (record, len) = match decode_record(&bytes[at..]) {
+            Decoded::Record(r, len) => (r, len),
+            Decoded::Torn => {
+                scan.damage = damage(format!("torn record ({} bytes left)", bytes.len() - at));
+                break;
+            }
+            Decoded::Corrupt(why) => {
+                scan.damage = damage(why);
+                break;
+            }
+        };
+        // A seal repeats the last data record's number; data records count up by one.
+        let expected = match (record.kind, scan.last_seq) {
+            (SEAL, Some(last)) => last,
+            (SEAL, None) => {
+                scan.damage = damage("a seal on an empty segment".into());
+                break;
+            }
+            (_, last) => last.map_or(header.first_seq, |s| s + 1),
+        };
+        if record.seq != expected {
+            scan.damage = damage(format!("sequence {} where {expected} was due", record.seq));
+            break;
+        }
+        if record.kind == SEAL {
+            if record.payload != seal_payload(record.seq, scan.records) {
+                scan.damage = damage("the seal disagrees with the segment".into());
+                break;
+            }
+            scan.sealed = true;
+        } else {
+            each(record.clone());
+            scan.records += 1;
+        }
+        scan.last_seq = Some(record.seq);
+        at += len;
+        scan.good_len = at as u64;
+    }
+    Ok(scan)
+}
+
+/// What the fuzz target and its corpus test run on arbitrary bytes: the decoder and the segment
+/// scan must never panic, never read past the input, and must stop at the first damage.
+pub fn check_decoder(bytes: &[u8]) {
+    let mut at = 0;
+    while at < bytes.len() {
+        match decode_record(&bytes[at..]) {
+            Decoded::Record(r, len) => {
+                assert!(len >= FRAME_LEN && at + len <= bytes.len());
+                assert_eq!(r.payload.len(), len - FRAME_LEN);
+                at += len;
+            }
+            Decoded::Torn | Decoded::Corrupt(_) => break,
+        }
+    }
+    let mut seen = 0u64;
+    let mut last = None;
+    if let Ok(scan) = scan_segment(bytes, |r| {
+        assert!(
+            last.is_none_or(|l: u64| r.seq == l + 1),
+            "sequence numbers count up"
+        );
+        last = Some(r.seq);
+        seen += 1;
+    }) {
+        assert_eq!(scan.records, seen);
+        assert!(scan.good_len as usize <= bytes.len());
+        if let Some((offset, _)) = scan.damage {
+            assert_eq!(offset, scan.good_len, "damage starts where good data ends");
+        } else {
+            assert_eq!(scan.good_len as usize, bytes.len());
+        }
+    }
+}
