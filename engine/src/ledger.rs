@@ -140,8 +140,10 @@ struct Append {
     done: oneshot::Sender<Result<u64, LedgerError>>,
 }
 
-/// The segment being written, and where the writer stands in it.
-struct Tail {
+/// The segment being written, and where the writer stands in it: the ledger's writer for a
+/// caller that runs its own group-commit loop (the engine's storage thread).
+#[derive(Debug)]
+pub struct Tail {
     file: File,
     header: Header,
     len: u64,
@@ -153,7 +155,7 @@ struct Tail {
 impl Tail {
     /// Opens the ledger in `config.dir`: cuts a damaged tail of the open segment, or starts a
     /// new segment after a sealed one.
-    fn recover(config: LedgerConfig) -> Result<(Tail, Recovery), LedgerError> {
+    pub fn recover(config: LedgerConfig) -> Result<(Tail, Recovery), LedgerError> {
         std::fs::create_dir_all(&config.dir)?;
         let files = segments(&config.dir)?;
         let mut recovery = Recovery {
@@ -257,20 +259,28 @@ impl Tail {
         Ok(())
     }
 
-    /// Writes every append of `group`, rolling between appends when the segment is full;
-    /// returns each append's last sequence number.
-    fn write(&mut self, group: &[Append], buf: &mut Vec<u8>) -> Result<Vec<u64>, LedgerError> {
-        let mut last = Vec::with_capacity(group.len());
+    /// Writes every append of `group` (each a list of (kind, payload) records) with one
+    /// `write` and, if configured, one `fdatasync`, rolling between appends when the segment is
+    /// full; returns each append's last sequence number.
+    pub fn write<'a, R>(
+        &mut self,
+        group: impl IntoIterator<Item = R>,
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<u64>, LedgerError>
+    where
+        R: IntoIterator<Item = (u8, &'a [u8])>,
+    {
+        let mut last = Vec::new();
         buf.clear();
-        for append in group {
+        for records in group {
             if self.len + buf.len() as u64 >= self.config.segment_bytes && self.records > 0 {
                 self.file.write_all(buf)?;
                 self.len += buf.len() as u64;
                 buf.clear();
                 self.roll()?;
             }
-            for (kind, payload) in &append.records {
-                encode_record(self.next_seq, *kind, payload, buf);
+            for (kind, payload) in records {
+                encode_record(self.next_seq, kind, payload, buf);
                 self.next_seq += 1;
                 self.records += 1;
             }
@@ -380,7 +390,10 @@ fn group_commit(mut open: Tail, mut rx: mpsc::Receiver<Append>) {
                 Err(_) => break,
             }
         }
-        match open.write(&group, &mut buf) {
+        let records = group
+            .iter()
+            .map(|a: &Append| a.records.iter().map(|(k, p)| (*k, p.as_slice())));
+        match open.write(records, &mut buf) {
             Ok(last) => {
                 for (job, seq) in group.drain(..).zip(last) {
                     let _ = job.done.send(Ok(seq));

@@ -13,6 +13,7 @@ use quota::clock::SystemClock;
 use quota::config::Config;
 use quota::store::NodeShare;
 use redrain::server::{self, Settings};
+use redrain::storage;
 
 #[derive(Parser)]
 #[command(
@@ -203,12 +204,13 @@ fn dump_ledger(dir: &Path, from: u64) -> anyhow::Result<ExitCode> {
             return;
         }
         let mut line = serde_json::json!({"seq": r.seq, "kind": r.kind});
-        match serde_json::from_slice::<serde_json::Value>(r.payload) {
-            Ok(v) => line["payload"] = v,
-            Err(_) => {
-                let hex: String = r.payload.iter().map(|b| format!("{b:02x}")).collect();
-                line["payload_hex"] = hex.into();
-            }
+        let ops = (r.kind == storage::BATCH)
+            .then(|| storage::decode_ops(r.payload).ok())
+            .flatten();
+        match (ops, serde_json::from_slice::<serde_json::Value>(r.payload)) {
+            (Some(ops), _) => line["ops"] = ops.iter().map(op_json).collect(),
+            (None, Ok(v)) => line["payload"] = v,
+            (None, Err(_)) => line["payload_hex"] = hex(r.payload).into(),
         }
         if let Err(e) = writeln!(out, "{line}") {
             failed = Some(e);
@@ -228,6 +230,27 @@ fn dump_ledger(dir: &Path, from: u64) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         }
     })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A storage op as JSON: keys as text where they are, values as JSON where they are.
+fn op_json(op: &storage::Op) -> serde_json::Value {
+    let text = |b: &[u8]| match std::str::from_utf8(b) {
+        Ok(t) if !t.contains('\0') => serde_json::Value::from(t),
+        _ => serde_json::json!({ "hex": hex(b) }),
+    };
+    match op {
+        storage::Op::Put(cf, k, v) => {
+            let value = serde_json::from_slice(v).unwrap_or_else(|_| text(v));
+            serde_json::json!({"put": storage::cf_name(*cf), "key": text(k), "value": value})
+        }
+        storage::Op::Add(cf, k, n) => {
+            serde_json::json!({"add": storage::cf_name(*cf), "key": text(k), "by": n})
+        }
+    }
 }
 
 fn import_drops(file: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {

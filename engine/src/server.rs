@@ -67,7 +67,11 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let storage = Arc::new(Storage::open(&settings.data_dir.join("db"))?);
+    let storage = Arc::new(Storage::open(
+        &settings.data_dir.join("db"),
+        &settings.data_dir.join("ledger"),
+        settings.share.index,
+    )?);
 
     let stored = match storage.get(Cf::Meta, CONFIG_KEY)? {
         Some(bytes) => {

@@ -22,6 +22,8 @@ use rocksdb::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::ledger::{scan_segment, segments, Header, LedgerConfig, Tail, DEFAULT_SEGMENT_BYTES};
+
 /// Most draws folded into one group commit.
 pub const MAX_GROUP: usize = 4096;
 /// Most draws waiting for the writer; senders wait (back-pressure) beyond it.
@@ -132,8 +134,9 @@ pub fn decode_u64(b: &[u8]) -> u64 {
 }
 
 impl Storage {
-    /// Opens (creating if needed) the store in `dir` and starts its writer thread.
-    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+    /// Opens (creating if needed) the store in `dir` with its ledger in `ledger_dir`, replays
+    /// the ledger records RocksDB has not applied, and starts the writer thread.
+    pub fn open(dir: &Path, ledger_dir: &Path, node: u32) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StorageError(format!("{}: {e}", dir.display())))?;
         let cache = Cache::new_lru_cache(128 << 20);
@@ -152,6 +155,10 @@ impl Storage {
         // Bounds memtable memory across all column families.
         db_opts.set_db_write_buffer_size(256 << 20);
         db_opts.set_max_total_wal_size(512 << 20);
+        // The ledger is the write-ahead log; RocksDB writes without its own. Flushing every
+        // column family together keeps what survives a crash one consistent point, whose
+        // `ledger_applied` says where the replay starts.
+        db_opts.set_atomic_flush(true);
 
         let descriptors = CFS.iter().map(|(cf, name)| {
             let mut o = Options::default();
@@ -171,11 +178,28 @@ impl Storage {
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db = Arc::new(DB::open_cf_descriptors(&db_opts, dir, descriptors)?);
+        let config = LedgerConfig {
+            dir: ledger_dir.to_path_buf(),
+            node,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            sync: true,
+        };
+        let (tail, recovery) = Tail::recover(config).map_err(|e| StorageError(e.to_string()))?;
+        if let Some((file, offset, why)) = &recovery.cut {
+            tracing::warn!(file = %file.display(), offset, reason = %why, "ledger tail cut at start-up");
+        }
+        let replayed = replay(&db, ledger_dir)?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "replayed ledger records RocksDB had not applied"
+            );
+        }
         let (writer, rx) = mpsc::channel(COMMIT_QUEUE);
         let db2 = db.clone();
         let writer_thread = thread::Builder::new()
             .name("group-commit".into())
-            .spawn(move || group_commit(db2, rx))
+            .spawn(move || group_commit(db2, tail, rx))
             .map_err(|e| StorageError(e.to_string()))?;
         Ok(Storage {
             db,
@@ -193,8 +217,12 @@ impl Storage {
         Ok(self.db.get_cf(self.cf(cf), key)?)
     }
 
-    /// Makes `ops` durable as one atomic batch; resolves once it is fsynced.
+    /// Makes `ops` durable as one ledger record (fsynced) and applies them to RocksDB as one
+    /// atomic batch; resolves once both are done.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
         let (done, wait) = oneshot::channel();
         let writer = self
             .writer
@@ -208,9 +236,21 @@ impl Storage {
             .map_err(|_| StorageError("the writer has stopped".into()))?
     }
 
-    /// Makes `ops` durable from a blocking context (start-up, publishing).
+    /// [`Storage::commit`] from a blocking context (start-up, publishing).
     pub fn commit_blocking(&self, ops: Vec<Op>) -> Result<(), StorageError> {
-        write_group(&self.db, ops.iter())
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        let writer = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| StorageError("the writer has stopped".into()))?;
+        writer
+            .blocking_send(Job { ops, done })
+            .map_err(|_| StorageError("the writer has stopped".into()))?;
+        wait.blocking_recv()
+            .map_err(|_| StorageError("the writer has stopped".into()))?
     }
 
     /// Every key/value under `prefix`, at most `limit` of them, in key order.
@@ -365,7 +405,80 @@ pub fn standing_ops(
     ops
 }
 
-fn write_group<'a>(db: &DB, ops: impl Iterator<Item = &'a Op>) -> Result<(), StorageError> {
+/// Ledger record kind of a storage batch.
+pub const BATCH: u8 = 1;
+/// `meta` key of the last ledger sequence number applied to RocksDB.
+const APPLIED_KEY: &[u8] = b"ledger_applied";
+/// Ledger records replayed per RocksDB write.
+const REPLAY_CHUNK: usize = 4096;
+
+/// Encodes a batch as a ledger payload: per op, a tag (0 put, 1 add), the column family, the
+/// key (u32 length + bytes), then the value (u32 length + bytes) or the addend (u64).
+pub fn encode_ops(ops: &[Op], out: &mut Vec<u8>) {
+    for op in ops {
+        let (tag, cf, key) = match op {
+            Op::Put(cf, k, _) => (0u8, cf, k),
+            Op::Add(cf, k, _) => (1u8, cf, k),
+        };
+        out.push(tag);
+        out.push(*cf as u8);
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        match op {
+            Op::Put(_, _, v) => {
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(v);
+            }
+            Op::Add(_, _, n) => out.extend_from_slice(&n.to_le_bytes()),
+        }
+    }
+}
+
+/// The name of a column family.
+pub fn cf_name(cf: Cf) -> &'static str {
+    CFS[cf as usize].1
+}
+
+/// Decodes [`encode_ops`]'s payload.
+pub fn decode_ops(mut b: &[u8]) -> Result<Vec<Op>, String> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+        if b.len() < n {
+            return Err("a batch record ends inside an op".into());
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Ok(head)
+    }
+    let len = |b: &mut &[u8]| -> Result<usize, String> {
+        Ok(u32::from_le_bytes(take(b, 4)?.try_into().expect("4 bytes")) as usize)
+    };
+    let mut ops = Vec::new();
+    while !b.is_empty() {
+        let head = take(&mut b, 2)?;
+        let cf = CFS
+            .get(usize::from(head[1]))
+            .map(|(cf, _)| *cf)
+            .ok_or_else(|| format!("unknown column family {}", head[1]))?;
+        let n = len(&mut b)?;
+        let key = take(&mut b, n)?.to_vec();
+        ops.push(match head[0] {
+            0 => {
+                let n = len(&mut b)?;
+                Op::Put(cf, key, take(&mut b, n)?.to_vec())
+            }
+            1 => Op::Add(cf, key, decode_u64(take(&mut b, 8)?)),
+            tag => return Err(format!("unknown op tag {tag}")),
+        });
+    }
+    Ok(ops)
+}
+
+/// Applies ops to RocksDB without its WAL, recording `applied` in the same batch.
+fn write_group<'a>(
+    db: &DB,
+    ops: impl Iterator<Item = &'a Op>,
+    applied: u64,
+) -> Result<(), StorageError> {
     let handles = CFS.map(|(cf, _)| handle(db, cf));
     let mut batch = WriteBatch::default();
     for op in ops {
@@ -374,13 +487,80 @@ fn write_group<'a>(db: &DB, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
             Op::Add(cf, k, n) => batch.merge_cf(handles[*cf as usize], k, n.to_le_bytes()),
         }
     }
+    batch.put_cf(
+        handles[Cf::Meta as usize],
+        APPLIED_KEY,
+        applied.to_le_bytes(),
+    );
     let mut opts = WriteOptions::default();
-    opts.set_sync(true);
+    opts.disable_wal(true);
     Ok(db.write_opt(batch, &opts)?)
 }
 
-fn group_commit(db: Arc<DB>, mut rx: mpsc::Receiver<Job>) {
+/// Applies every ledger record after RocksDB's `ledger_applied`; returns how many.
+fn replay(db: &DB, dir: &Path) -> Result<u64, StorageError> {
+    let applied = db
+        .get_cf(handle(db, Cf::Meta), APPLIED_KEY)?
+        .map(|b| decode_u64(&b));
+    let files = segments(dir).map_err(|e| StorageError(e.to_string()))?;
+    let mut replayed = 0;
+    for (i, (_, path)) in files.iter().enumerate() {
+        // A segment whose successor starts at or before the first unapplied record holds
+        // nothing to replay.
+        if let (Some(applied), Some((_, next))) = (applied, files.get(i + 1)) {
+            let head = std::fs::read(next).map_err(|e| StorageError(e.to_string()))?;
+            if Header::decode(&head).is_ok_and(|h| h.first_seq <= applied + 1) {
+                continue;
+            }
+        }
+        let bytes = std::fs::read(path).map_err(|e| StorageError(e.to_string()))?;
+        let mut pending: Vec<(u64, Vec<Op>)> = Vec::new();
+        let mut failed = None;
+        let flush = |pending: &mut Vec<(u64, Vec<Op>)>| -> Result<(), StorageError> {
+            if let Some(last) = pending.last().map(|p| p.0) {
+                write_group(db, pending.iter().flat_map(|p| p.1.iter()), last)?;
+                pending.clear();
+            }
+            Ok(())
+        };
+        let scan = scan_segment(&bytes, |r| {
+            if failed.is_some() || r.kind != BATCH || applied.is_some_and(|a| r.seq <= a) {
+                return;
+            }
+            match decode_ops(r.payload) {
+                Ok(ops) => pending.push((r.seq, ops)),
+                Err(e) => failed = Some(format!("record {}: {e}", r.seq)),
+            }
+            if pending.len() >= REPLAY_CHUNK {
+                if let Err(e) = flush(&mut pending) {
+                    failed = Some(e.to_string());
+                }
+            }
+            replayed += 1;
+        })
+        .map_err(|why| StorageError(format!("{}: {why}", path.display())))?;
+        if let Some(why) = failed.or(scan
+            .damage
+            .map(|(offset, why)| format!("offset {offset}: {why}")))
+        {
+            return Err(StorageError(format!(
+                "ledger {}: {why}; refusing to start on a damaged ledger (see `redrain ledger verify`)",
+                path.display()
+            )));
+        }
+        flush(&mut pending)?;
+    }
+    Ok(replayed)
+}
+
+/// The writer: each group of batches becomes ledger records with one write and one fsync, then
+/// one RocksDB batch without WAL; only then are the group's draws answered. After a ledger
+/// failure the file position is unknown, so every later batch is refused.
+fn group_commit(db: Arc<DB>, mut ledger: Tail, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
+    let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(MAX_GROUP);
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut broken: Option<StorageError> = None;
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
         while jobs.len() < MAX_GROUP {
@@ -389,7 +569,28 @@ fn group_commit(db: Arc<DB>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let result = write_group(&db, jobs.iter().flat_map(|j| j.ops.iter()));
+        let result = match &broken {
+            Some(e) => Err(e.clone()),
+            None => {
+                payloads.resize_with(jobs.len(), Vec::new);
+                for (p, job) in payloads.iter_mut().zip(&jobs) {
+                    p.clear();
+                    encode_ops(&job.ops, p);
+                }
+                let records = payloads.iter().map(|p| [(BATCH, p.as_slice())]);
+                match ledger.write(records, &mut buf) {
+                    Ok(last) => {
+                        let applied = last.last().copied().unwrap_or_default();
+                        write_group(&db, jobs.iter().flat_map(|j| j.ops.iter()), applied)
+                    }
+                    Err(e) => {
+                        let e = StorageError(e.to_string());
+                        broken = Some(e.clone());
+                        Err(e)
+                    }
+                }
+            }
+        };
         if let Err(e) = &result {
             tracing::error!(error = %e, draws = jobs.len(), "group commit failed");
         }
