@@ -1,8 +1,9 @@
 //! The crash test: the real `redrain serve` binary is SIGKILLed under concurrent draws at varied
-//! moments and restarted on the same data dir, several times. After every restart, every win
-//! that was acknowledged with a 200 must be listed, no prize may be issued past its quota,
-//! `issued` must equal the wins actually stored, no user may be past a cap, and every
-//! acknowledged request id must replay byte for byte.
+//! moments and restarted on the same data dir, 22 times. After every restart the ledger
+//! verifies (`redrain ledger verify`), the counters replayed from the ledger equal the served
+//! `issued`, every win that was acknowledged with a 200 is listed, no prize is issued past its
+//! quota, `issued` equals the wins actually stored, no user is past a cap, and every
+//! acknowledged request id replays byte for byte.
 
 mod common;
 
@@ -236,6 +237,35 @@ async fn load(
 }
 
 /// Checks the durable state against everything acknowledged; returns `issued` by prize.
+/// The ledger verifies with the CLI, and the counters it replays equal the served ones.
+fn assert_ledger(data: &Path, served: &BTreeMap<String, u64>, cycle: usize) {
+    let dir = data.join("ledger");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redrain"))
+        .args(["ledger", "verify"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "cycle {cycle}: ledger verify: {text}");
+    let mut replayed: BTreeMap<String, u64> = QUOTAS.iter().map(|q| (q.0.into(), 0)).collect();
+    let v = redrain::ledger::verify(&dir, |r| {
+        for op in redrain::storage::decode_ops(r.payload).unwrap() {
+            if let redrain::storage::Op::Add(redrain::storage::Cf::Counters, key, n) = op {
+                let prize = key.split(|&b| b == 0).next().unwrap();
+                *replayed
+                    .entry(String::from_utf8(prize.to_vec()).unwrap())
+                    .or_default() += n;
+            }
+        }
+    })
+    .unwrap();
+    assert!(v.damage.is_none(), "cycle {cycle}: {:?}", v.damage);
+    assert_eq!(
+        &replayed, served,
+        "cycle {cycle}: ledger counters against served"
+    );
+}
+
 async fn verify(addr: SocketAddr, ledger: &Mutex<Ledger>, when: &str) -> BTreeMap<String, u64> {
     let mut c = Conn::connect(addr).await.unwrap();
     let issued = issued(&mut c, "crash").await;
@@ -326,7 +356,9 @@ async fn acknowledged_wins_survive_sigkill_and_quotas_hold() {
 
     // Kill after this many acknowledged answers in each cycle: at once, early, later, and
     // (the last cycles) while the quotas run out.
-    let kill_after = [0u64, 3, 40, 1, 90, 15, 150, 250, 7, 400];
+    let kill_after = [
+        0u64, 3, 40, 1, 90, 15, 150, 250, 7, 400, 2, 60, 0, 25, 120, 5, 300, 11, 75, 180, 33, 500,
+    ];
     let mut killed_with_unanswered = 0;
     for (cycle, &k) in kill_after.iter().enumerate() {
         let engine = Engine::start(
@@ -336,6 +368,7 @@ async fn acknowledged_wins_survive_sigkill_and_quotas_hold() {
         )
         .await;
         let issued = verify(engine.addr, &ledger, &format!("after start {cycle}")).await;
+        assert_ledger(&data, &issued, cycle);
         eprintln!(
             "cycle {cycle}: issued {issued:?}, {} answers acknowledged so far",
             ledger.lock().unwrap().acked.len()
