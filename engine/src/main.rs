@@ -37,6 +37,18 @@ enum Command {
     },
     /// Drive a running engine over HTTP and check its properties afterwards.
     Load(redrain::load::LoadArgs),
+    /// Run a ledger collector: nodes ship their segments to it.
+    Collect {
+        /// Where the segments are stored (DIR/{node}/).
+        #[arg(long, default_value = "./collected")]
+        data: PathBuf,
+        /// Address to listen on; port 0 picks a free port (printed).
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        /// Shared secret the nodes present [env: REDRAIN_COLLECTOR_SECRET].
+        #[arg(long, env = "REDRAIN_COLLECTOR_SECRET", hide_env_values = true)]
+        secret: String,
+    },
     /// Ledger files: check or print them.
     Ledger {
         #[command(subcommand)]
@@ -108,6 +120,12 @@ struct ServeArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Ship the ledger to the collector at this address (`redrain collect`), every 200 ms.
+    #[arg(long)]
+    collector: Option<SocketAddr>,
+    /// The collector's shared secret [env: REDRAIN_COLLECTOR_SECRET].
+    #[arg(long, env = "REDRAIN_COLLECTOR_SECRET", hide_env_values = true)]
+    collector_secret: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -125,6 +143,11 @@ fn main() -> ExitCode {
         Command::Drops {
             command: DropsCommand::Import { config, task },
         } => import_drops(&config, task.as_deref()),
+        Command::Collect {
+            data,
+            listen,
+            secret,
+        } => collect(data, listen, secret),
         Command::Ledger {
             command: LedgerCommand::Verify { dir },
         } => verify_ledger(&dir),
@@ -173,6 +196,24 @@ fn check_config(file: &PathBuf) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn collect(data: PathBuf, listen: SocketAddr, secret: String) -> anyhow::Result<ExitCode> {
+    if secret.len() < 16 {
+        anyhow::bail!("--secret must be at least 16 characters");
+    }
+    runtime(None)?.block_on(async {
+        let collector = Arc::new(redrain::collect::Collector::new(data.clone(), secret));
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        println!(
+            "redrain collector listening on http://{}",
+            listener.local_addr()?
+        );
+        tracing::info!(data = %data.display(), "collecting ledger segments");
+        let routes = redrain::collect::routes(collector);
+        server::serve(listener, routes, shutdown_signal(), Duration::from_secs(10)).await;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn verify_ledger(dir: &Path) -> anyhow::Result<ExitCode> {
@@ -365,6 +406,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Tests and scripts read this line to find a port-0 listener.
         println!("redrain listening on http://{addr}");
         tracing::info!(%addr, data = %settings.data_dir.display(), seq = app.service.snapshot().seq.0, "serving; admin API under /admin/api");
+        if let Some(collector) = args.collector {
+            let secret = args
+                .collector_secret
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--collector needs --collector-secret"))?;
+            let shipper = redrain::collect::Shipper::new(
+                settings.data_dir.join("ledger"),
+                settings.share.index,
+                collector,
+                secret,
+            );
+            app.service.metrics.set_ship_lag(shipper.lag_bytes.clone());
+            tokio::spawn(redrain::collect::ship_forever(shipper, Duration::from_millis(200)));
+        }
         server::run(listener, app, shutdown_signal(), Duration::from_secs(10)).await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)

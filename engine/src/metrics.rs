@@ -71,6 +71,8 @@ pub struct Metrics {
     /// Geo drop claims refused (radius, drop or task exhausted, window, caps, rate).
     pub claim_refusals: AtomicU64,
     wins: RwLock<HashMap<PrizeId, AtomicU64>>,
+    /// Ledger bytes not yet on the collector, when shipping.
+    ship_lag: parking_lot::Mutex<Option<std::sync::Arc<AtomicU64>>>,
     /// Latency of draw requests.
     pub draw_latency: Latency,
     /// Latency of every other request.
@@ -81,6 +83,11 @@ pub struct Metrics {
 pub const OUTCOMES: [&str; 4] = ["win", "none", "capped", "not_live"];
 
 impl Metrics {
+    /// Reports the shipper's lag as `redrain_ledger_ship_lag_bytes`.
+    pub fn set_ship_lag(&self, lag: std::sync::Arc<AtomicU64>) {
+        *self.ship_lag.lock() = Some(lag);
+    }
+
     /// Counts one win of `prize`.
     pub fn win(&self, prize: &PrizeId) {
         if let Some(c) = self.wins.read().get(prize) {
@@ -166,6 +173,10 @@ impl Metrics {
         let _ = writeln!(out, "redrain_config_seq {seq}");
         out.push_str("# HELP redrain_users_in_flight Users with a draw running.\n# TYPE redrain_users_in_flight gauge\n");
         let _ = writeln!(out, "redrain_users_in_flight {users_in_flight}");
+        if let Some(lag) = self.ship_lag.lock().as_ref() {
+            out.push_str("# HELP redrain_ledger_ship_lag_bytes Ledger bytes not yet on the collector.\n# TYPE redrain_ledger_ship_lag_bytes gauge\n");
+            let _ = writeln!(out, "redrain_ledger_ship_lag_bytes {}", lag.load(Relaxed));
+        }
         if let Some(rss) = resident_bytes() {
             out.push_str("# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\n");
             let _ = writeln!(out, "process_resident_memory_bytes {rss}");

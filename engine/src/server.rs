@@ -239,7 +239,22 @@ pub async fn run(
     drain: Duration,
 ) {
     let refresher = tokio::spawn(refresh_regions(app.clone()));
-    let service = warp::service(crate::api::routes(app));
+    serve(listener, crate::api::routes(app), shutdown, drain).await;
+    refresher.abort();
+}
+
+/// Serves `routes` on `listener` (at most [`MAX_CONNECTIONS`] at once) until `shutdown`
+/// resolves, then drains open requests for at most `drain`.
+pub async fn serve<F>(
+    listener: TcpListener,
+    routes: F,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) where
+    F: warp::Filter<Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
+    let service = warp::service(routes);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -270,7 +285,6 @@ pub async fn run(
         });
     }
     drop(listener);
-    refresher.abort();
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()

@@ -1,0 +1,438 @@
+//! Shipping ledger segments to a collector, and the collector (`redrain collect`).
+//!
+//! The shipper sends each segment's whole records, in order, as `PUT
+//! /v1/ledger/{node}/{segment}?offset=N` with a bearer secret; the collector checks that the
+//! chunk continues the segment exactly where its copy ends (else 409 with its length, and the
+//! shipper resumes from there), verifies every record's CRC and sequence number, appends and
+//! fsyncs, and only then answers. A retried chunk is refused by offset, never appended twice,
+//! so the collector's copy ends byte-identical to the node's whatever restarts either side.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::Method;
+use parking_lot::Mutex;
+use serde_json::json;
+use warp::http::{Response, StatusCode};
+use warp::Filter;
+
+use crate::client::Conn;
+use crate::ledger::{decode_record, seal_payload, segments, Decoded, Header, HEADER_LEN, SEAL};
+
+/// Largest chunk one PUT carries.
+pub const MAX_CHUNK: usize = 1 << 20;
+
+/// What the collector knows of one segment's copy.
+#[derive(Debug, Clone, Default)]
+struct Copy {
+    len: u64,
+    first_seq: u64,
+    last_seq: Option<u64>,
+    records: u64,
+    sealed: bool,
+}
+
+impl Copy {
+    /// Checks that `chunk` continues this copy with whole, intact records of `node`'s
+    /// `segment`, updating the copy as it goes.
+    fn extend(&mut self, node: u32, segment: u64, chunk: &[u8]) -> Result<(), String> {
+        let mut at = 0;
+        if self.len == 0 {
+            let header = Header::decode(chunk)?;
+            if (header.node, header.segment) != (node, segment) {
+                return Err(format!(
+                    "the header names node {} segment {}, not node {node} segment {segment}",
+                    header.node, header.segment
+                ));
+            }
+            self.first_seq = header.first_seq;
+            at = HEADER_LEN;
+        }
+        while at < chunk.len() {
+            if self.sealed {
+                return Err("data after the seal".into());
+            }
+            let (r, len) = match decode_record(&chunk[at..]) {
+                Decoded::Record(r, len) => (r, len),
+                Decoded::Torn => return Err(format!("the chunk ends inside a record at {at}")),
+                Decoded::Corrupt(why) => return Err(format!("record at {at}: {why}")),
+            };
+            if r.kind == SEAL {
+                let last = self.last_seq.ok_or("a seal on an empty segment")?;
+                if r.seq != last || r.payload != seal_payload(last, self.records) {
+                    return Err("the seal disagrees with the segment".into());
+                }
+                self.sealed = true;
+            } else {
+                let expected = self.last_seq.map_or(self.first_seq, |s| s + 1);
+                if r.seq != expected {
+                    return Err(format!("sequence {} where {expected} was due", r.seq));
+                }
+                self.last_seq = Some(r.seq);
+                self.records += 1;
+            }
+            at += len;
+        }
+        self.len += chunk.len() as u64;
+        Ok(())
+    }
+}
+
+/// The collector: stores each node's segments under `DIR/{node}/`.
+#[derive(Debug)]
+pub struct Collector {
+    dir: PathBuf,
+    secret: String,
+    copies: Mutex<HashMap<(u32, u64), Copy>>,
+}
+
+impl Collector {
+    /// A collector storing under `dir`, accepting `secret`.
+    pub fn new(dir: PathBuf, secret: String) -> Self {
+        Collector {
+            dir,
+            secret,
+            copies: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn path(&self, node: u32, segment: u64) -> PathBuf {
+        self.dir
+            .join(node.to_string())
+            .join(format!("{segment:020}.seg"))
+    }
+
+    /// The copy of a segment, read back from disk the first time (a torn tail from a crash
+    /// mid-append is cut: it was never acknowledged).
+    fn copy(&self, node: u32, segment: u64) -> Result<Copy, String> {
+        if let Some(c) = self.copies.lock().get(&(node, segment)) {
+            return Ok(c.clone());
+        }
+        let path = self.path(node, segment);
+        let mut copy = Copy::default();
+        if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.len() >= HEADER_LEN {
+                let mut good = HEADER_LEN;
+                copy.extend(node, segment, &bytes[..HEADER_LEN])?;
+                while good < bytes.len() {
+                    match decode_record(&bytes[good..]) {
+                        Decoded::Record(_, len) => {
+                            let mut next = copy.clone();
+                            if next
+                                .extend(node, segment, &bytes[good..good + len])
+                                .is_err()
+                            {
+                                break;
+                            }
+                            copy = next;
+                            good += len;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            if (copy.len as usize) < bytes.len() {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| e.to_string())?;
+                f.set_len(copy.len).map_err(|e| e.to_string())?;
+            }
+        }
+        self.copies.lock().insert((node, segment), copy.clone());
+        Ok(copy)
+    }
+
+    fn put(&self, node: u32, segment: u64, offset: u64, chunk: &[u8]) -> Result<u64, PutError> {
+        let mut copy = self.copy(node, segment).map_err(PutError::Invalid)?;
+        if offset != copy.len {
+            return Err(PutError::Offset(copy.len));
+        }
+        copy.extend(node, segment, chunk)
+            .map_err(PutError::Invalid)?;
+        let path = self.path(node, segment);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(path.parent().expect("under the node's dir"))?;
+            let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+            f.write_all(chunk)?;
+            f.sync_data()
+        };
+        write().map_err(|e| PutError::Io(e.to_string()))?;
+        let len = copy.len;
+        self.copies.lock().insert((node, segment), copy);
+        Ok(len)
+    }
+}
+
+enum PutError {
+    Offset(u64),
+    Invalid(String),
+    Io(String),
+}
+
+/// The collector's routes.
+pub fn routes(
+    collector: Arc<Collector>,
+) -> impl Filter<Extract = (Response<Bytes>,), Error = Infallible> + Clone {
+    let with = warp::any().map(move || collector.clone());
+    let auth = warp::header::optional::<String>("authorization");
+    let get = warp::path!("v1" / "ledger" / u32 / u64)
+        .and(warp::get())
+        .and(auth)
+        .and(with.clone())
+        .map(|node, segment, auth: Option<String>, c: Arc<Collector>| {
+            if !authorized(&c, auth.as_deref()) {
+                return unauthorized();
+            }
+            match c.copy(node, segment) {
+                Ok(copy) => reply(
+                    StatusCode::OK,
+                    json!({"len": copy.len, "sealed": copy.sealed}),
+                ),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"code": "internal", "message": e}),
+                ),
+            }
+        });
+    let put = warp::path!("v1" / "ledger" / u32 / u64)
+        .and(warp::put())
+        .and(auth)
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::body::content_length_limit(2 * MAX_CHUNK as u64))
+        .and(warp::body::bytes())
+        .and(with)
+        .map(
+            |node, segment, auth: Option<String>, q: HashMap<String, String>, body: Bytes, c: Arc<Collector>| {
+                if !authorized(&c, auth.as_deref()) {
+                    return unauthorized();
+                }
+                let Some(offset) = q.get("offset").and_then(|o| o.parse::<u64>().ok()) else {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        json!({"code": "invalid_field", "field": "offset", "message": "offset: must be a whole number"}),
+                    );
+                };
+                match c.put(node, segment, offset, &body) {
+                    Ok(len) => reply(StatusCode::OK, json!({"len": len})),
+                    Err(PutError::Offset(len)) => reply(
+                        StatusCode::CONFLICT,
+                        json!({"code": "offset_mismatch", "len": len, "message": format!("the copy is {len} bytes long")}),
+                    ),
+                    Err(PutError::Invalid(why)) => reply(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        json!({"code": "invalid_records", "message": why}),
+                    ),
+                    Err(PutError::Io(why)) => reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"code": "storage_unavailable", "message": why}),
+                    ),
+                }
+            },
+        );
+    get.or(put)
+        .unify()
+        .recover(|_| async {
+            Ok::<_, Infallible>(reply(
+                StatusCode::BAD_REQUEST,
+                json!({"code": "bad_request", "message": "unknown route or method, or a body over 2 MiB"}),
+            ))
+        })
+        .unify()
+}
+
+fn authorized(c: &Collector, header: Option<&str>) -> bool {
+    let presented = header.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+    presented.len() == c.secret.len()
+        && !c.secret.is_empty()
+        && presented
+            .bytes()
+            .zip(c.secret.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn unauthorized() -> Response<Bytes> {
+    reply(
+        StatusCode::UNAUTHORIZED,
+        json!({"code": "unauthorized", "message": "the collector needs `Authorization: Bearer <secret>`"}),
+    )
+}
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response<Bytes> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_string()))
+        .expect("static headers are valid")
+}
+
+/// Ships one node's ledger directory to a collector.
+#[derive(Debug)]
+pub struct Shipper {
+    dir: PathBuf,
+    node: u32,
+    collector: SocketAddr,
+    secret: String,
+    /// How far each segment is known to be on the collector.
+    shipped: HashMap<u64, u64>,
+    /// Whole-record bytes that were on disk but not on the collector when the last round
+    /// began (what accumulated since the round before, plus anything a failure left).
+    pub lag_bytes: Arc<AtomicU64>,
+}
+
+impl Shipper {
+    /// A shipper of `dir` (node `node`) to the collector at `collector`.
+    pub fn new(dir: PathBuf, node: u32, collector: SocketAddr, secret: String) -> Self {
+        Shipper {
+            dir,
+            node,
+            collector,
+            secret,
+            shipped: HashMap::new(),
+            lag_bytes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Sends everything not yet on the collector; returns the bytes sent.
+    pub async fn ship_once(&mut self) -> Result<u64, String> {
+        let mut conn = Conn::connect(self.collector)
+            .await
+            .map_err(|e| e.to_string())?;
+        let auth = format!("Bearer {}", self.secret);
+        let mut sent = 0u64;
+        let mut lag = 0u64;
+        for (segment, path) in segments(&self.dir).map_err(|e| e.to_string())? {
+            let known = match self.shipped.get(&segment) {
+                Some(&n) => n,
+                None => {
+                    let r = conn
+                        .send(
+                            Method::GET,
+                            &self.url(segment, None),
+                            &[("authorization", &auth)],
+                            Bytes::new(),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if r.status != 200 {
+                        return Err(format!(
+                            "collector: {} {}",
+                            r.status,
+                            String::from_utf8_lossy(&r.body)
+                        ));
+                    }
+                    r.json()["len"].as_u64().unwrap_or(0)
+                }
+            };
+            let (bounds, base) = whole_records_from(&path, known).map_err(|e| e.to_string())?;
+            let end = bounds.last().copied().unwrap_or(known);
+            lag += end - known;
+            let mut offset = known;
+            for chunk in chunks(&bounds, known) {
+                let body = Bytes::copy_from_slice(
+                    &base[(offset - known) as usize..(chunk - known) as usize],
+                );
+                let r = conn
+                    .send(
+                        Method::PUT,
+                        &self.url(segment, Some(offset)),
+                        &[
+                            ("authorization", &auth),
+                            ("content-type", "application/octet-stream"),
+                        ],
+                        body,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match r.status {
+                    200 => {
+                        sent += chunk - offset;
+                        offset = chunk;
+                    }
+                    409 => {
+                        // The collector is elsewhere (a restart on either side): resume there.
+                        let len = r.json()["len"].as_u64().unwrap_or(0);
+                        self.shipped.insert(segment, len);
+                        self.lag_bytes.store(lag, Relaxed);
+                        return Ok(sent);
+                    }
+                    status => {
+                        return Err(format!(
+                            "collector refused segment {segment} at {offset}: {status} {}",
+                            String::from_utf8_lossy(&r.body)
+                        ))
+                    }
+                }
+            }
+            self.shipped.insert(segment, offset);
+        }
+        self.lag_bytes.store(lag, Relaxed);
+        Ok(sent)
+    }
+
+    fn url(&self, segment: u64, offset: Option<u64>) -> String {
+        match offset {
+            Some(o) => format!("/v1/ledger/{}/{segment}?offset={o}", self.node),
+            None => format!("/v1/ledger/{}/{segment}", self.node),
+        }
+    }
+}
+
+/// The bytes of `path` from `from` and the end offsets of the whole records in them (the
+/// header counts as one when `from` is 0); a record still being written is left for later.
+fn whole_records_from(path: &Path, from: u64) -> std::io::Result<(Vec<u64>, Vec<u8>)> {
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    let mut bounds = Vec::new();
+    let mut at = 0usize;
+    if from == 0 {
+        if bytes.len() < HEADER_LEN {
+            return Ok((bounds, bytes));
+        }
+        at = HEADER_LEN;
+        bounds.push(at as u64);
+    }
+    while let Decoded::Record(_, len) = decode_record(&bytes[at..]) {
+        at += len;
+        bounds.push(from + at as u64);
+    }
+    Ok((bounds, bytes))
+}
+
+/// Chunk ends: whole records, at most [`MAX_CHUNK`] bytes a chunk (a longer record alone).
+fn chunks(bounds: &[u64], from: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut start = from;
+    let mut prev = from;
+    for &b in bounds {
+        if b - start > MAX_CHUNK as u64 && prev > start {
+            out.push(prev);
+            start = prev;
+        }
+        prev = b;
+    }
+    if prev > start {
+        out.push(prev);
+    }
+    out
+}
+
+/// Ships every `every` until the process ends; failures are logged and retried next round.
+pub async fn ship_forever(mut shipper: Shipper, every: std::time::Duration) {
+    loop {
+        if let Err(e) = shipper.ship_once().await {
+            tracing::warn!(error = %e, "shipping the ledger failed; retrying");
+        }
+        tokio::time::sleep(every).await;
+    }
+}

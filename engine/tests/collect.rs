@@ -1,0 +1,180 @@
+//! Shipping ledger segments to a collector over HTTP: the collector ends with byte-identical
+//! segments after the node (shipper) and the collector are each restarted mid-transfer; bad
+//! secrets, wrong offsets and damaged records are refused and change nothing.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::Method;
+use redrain::client::Conn;
+use redrain::collect::{routes, Collector, Shipper};
+use redrain::ledger::{segments, Ledger, LedgerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const SECRET: &str = "collector-secret-0123456789";
+
+/// A collector served on `addr` (port 0 for any) over `dir`.
+async fn collector(
+    dir: &Path,
+    addr: &str,
+) -> (std::net::SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let c = Arc::new(Collector::new(dir.to_path_buf(), SECRET.into()));
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(redrain::server::serve(
+        listener,
+        routes(c),
+        async move {
+            let _ = rx.await;
+        },
+        Duration::from_secs(1),
+    ));
+    (at, tx, task)
+}
+
+/// Appends `n` two-record appends to the ledger in `dir` (4 KiB segments).
+fn write(dir: &Path, from: u64, n: u64) {
+    let config = LedgerConfig {
+        dir: dir.to_path_buf(),
+        node: 7,
+        segment_bytes: 4096,
+        sync: false,
+    };
+    let (ledger, _) = Ledger::open(config).unwrap();
+    for i in from..from + n {
+        let p = format!("draw {i} of the shipping test").into_bytes();
+        ledger
+            .append_blocking(vec![(1, p.clone()), (2, p)])
+            .unwrap();
+    }
+}
+
+fn assert_identical(node: &Path, collected: &Path) {
+    let ours = segments(node).unwrap();
+    let theirs = segments(&collected.join("7")).unwrap();
+    assert_eq!(ours.len(), theirs.len(), "segment count");
+    for ((a, pa), (b, pb)) in ours.iter().zip(&theirs) {
+        assert_eq!(a, b);
+        assert!(
+            std::fs::read(pa).unwrap() == std::fs::read(pb).unwrap(),
+            "segment {a} differs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_arrive_byte_identical_across_restarts_of_both_sides() {
+    let node = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let ledger_dir = node.path().join("ledger");
+    let nd = ledger_dir.clone();
+    tokio::task::spawn_blocking(move || write(&nd, 0, 150))
+        .await
+        .unwrap();
+    assert!(segments(&ledger_dir).unwrap().len() >= 4);
+
+    let (addr, stop, task) = collector(store.path(), "127.0.0.1:0").await;
+    let mut shipper = Shipper::new(ledger_dir.clone(), 7, addr, SECRET.into());
+    assert!(shipper.ship_once().await.unwrap() > 0);
+
+    // Cut the collector's newest copy mid-record, as a crash mid-append would, and restart
+    // it on the same port and data.
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let copies = segments(&store.path().join("7")).unwrap();
+    let last = &copies.last().unwrap().1;
+    let bytes = std::fs::read(last).unwrap();
+    std::fs::write(last, &bytes[..bytes.len() - 5]).unwrap();
+    let (addr2, stop, task) = collector(store.path(), &addr.to_string()).await;
+    assert_eq!(addr2, addr);
+
+    // The node writes more (its open segment grows, new ones roll) and a new shipper, which
+    // knows nothing, resumes from what the collector has.
+    let nd = ledger_dir.clone();
+    tokio::task::spawn_blocking(move || write(&nd, 150, 100))
+        .await
+        .unwrap();
+    let mut shipper = Shipper::new(ledger_dir.clone(), 7, addr, SECRET.into());
+    for _ in 0..10 {
+        if shipper.ship_once().await.unwrap() == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        shipper.ship_once().await.unwrap(),
+        0,
+        "nothing left to ship"
+    );
+    assert_eq!(
+        shipper.lag_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_identical(&ledger_dir, store.path());
+
+    // A stale shipper that still believes older offsets is refused by offset, not appended.
+    let mut c = Conn::connect(addr).await.unwrap();
+    let auth = format!("Bearer {SECRET}");
+    let seg0 = std::fs::read(&segments(&ledger_dir).unwrap()[0].1).unwrap();
+    let r = c
+        .send(
+            Method::PUT,
+            "/v1/ledger/7/0?offset=0",
+            &[("authorization", &auth)],
+            Bytes::from(seg0.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["len"].as_u64(), Some(seg0.len() as u64));
+    // Wrong secret; damaged records.
+    let r = c
+        .send(
+            Method::GET,
+            "/v1/ledger/7/0",
+            &[("authorization", "Bearer nope")],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    let mut bad = seg0.clone();
+    bad[60] ^= 1;
+    let r = c
+        .send(
+            Method::PUT,
+            "/v1/ledger/8/0?offset=0",
+            &[("authorization", &auth)],
+            Bytes::from(bad),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    let r = c
+        .send(
+            Method::PUT,
+            "/v1/ledger/8/0?offset=0",
+            &[("authorization", &auth)],
+            Bytes::from(seg0),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status,
+        422,
+        "node 7's segment is refused as node 8's: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(!store
+        .path()
+        .join("8")
+        .join(format!("{:020}.seg", 0))
+        .exists());
+    assert_identical(&ledger_dir, store.path());
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
