@@ -224,16 +224,11 @@ impl Storage {
             return Ok(());
         }
         let (done, wait) = oneshot::channel();
-        let writer = self
-            .writer
-            .as_ref()
-            .ok_or_else(|| StorageError("the writer has stopped".into()))?;
-        writer
+        self.writer()?
             .send(Job { ops, done })
             .await
-            .map_err(|_| StorageError("the writer has stopped".into()))?;
-        wait.await
-            .map_err(|_| StorageError("the writer has stopped".into()))?
+            .map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
     }
 
     /// [`Storage::commit`] from a blocking context (start-up, publishing).
@@ -242,15 +237,14 @@ impl Storage {
             return Ok(());
         }
         let (done, wait) = oneshot::channel();
-        let writer = self
-            .writer
-            .as_ref()
-            .ok_or_else(|| StorageError("the writer has stopped".into()))?;
-        writer
+        self.writer()?
             .blocking_send(Job { ops, done })
-            .map_err(|_| StorageError("the writer has stopped".into()))?;
-        wait.blocking_recv()
-            .map_err(|_| StorageError("the writer has stopped".into()))?
+            .map_err(|_| stopped())?;
+        wait.blocking_recv().map_err(|_| stopped())?
+    }
+
+    fn writer(&self) -> Result<&mpsc::Sender<Job>, StorageError> {
+        self.writer.as_ref().ok_or_else(stopped)
     }
 
     /// Every key/value under `prefix`, at most `limit` of them, in key order.
@@ -403,6 +397,10 @@ pub fn standing_ops(
         ops.push(Op::Put(Cf::Users, campaign_key(campaign, user), c));
     }
     ops
+}
+
+fn stopped() -> StorageError {
+    StorageError("the writer has stopped".into())
 }
 
 /// Ledger record kind of a storage batch.
