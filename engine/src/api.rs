@@ -27,6 +27,8 @@ use std::collections::HashMap;
 pub const MAX_DRAW_BODY: usize = 4 << 10;
 /// Largest config body.
 pub const MAX_CONFIG_BODY: usize = 1 << 20;
+/// Largest redelivery request body.
+pub const MAX_REDELIVER_BODY: usize = 1 << 10;
 /// Largest claim request body.
 pub const MAX_CLAIM_BODY: usize = 4 << 10;
 /// Most wins listed for one user.
@@ -100,9 +102,10 @@ pub fn routes(
         .and(with_app.clone())
         .map(|app: Arc<App>| {
             let svc = &app.service;
-            let text = svc
+            let mut text = svc
                 .metrics
                 .render(svc.snapshot().seq.0, svc.locks.in_flight());
+            crate::metrics::render_lanes(&mut text, &svc.deliveries.stats());
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
                 .body(Bytes::from(text))
@@ -124,6 +127,7 @@ pub fn routes(
             })
         });
     let post_config = admin
+        .clone()
         .and(warp::path!("config"))
         .and(warp::post())
         .and(warp::header::optional::<String>("content-type"))
@@ -145,7 +149,88 @@ pub fn routes(
             },
         );
 
+    let redeliver = warp::path!("v1" / "wins" / String / "redeliver")
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(body_limited(MAX_REDELIVER_BODY))
+        .then(
+            |win: String, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
+                let started = Instant::now();
+                let reply = redeliver(&app, &win, body)
+                    .await
+                    .unwrap_or_else(|e| error_reply(&e));
+                app.service.metrics.other_latency.observe(started.elapsed());
+                reply
+            },
+        );
+    let delivery_stats = admin
+        .clone()
+        .and(warp::path!("delivery"))
+        .and(warp::get())
+        .map(|auth: Option<String>, app: Arc<App>| {
+            timed(&app, || {
+                authorize(&app, auth.as_deref())?;
+                let (ready, later) = redrain_delivery::queue::LaneQueue::bytes_per_id();
+                json_ok(&json!({
+                    "lanes": app.service.deliveries.stats(),
+                    "queued_bytes_per_delivery": {"ready": ready, "retrying": later},
+                }))
+            })
+        });
+    let redrive_one = admin
+        .clone()
+        .and(warp::path!("delivery" / String / "redrive"))
+        .and(warp::post())
+        .then(
+            |auth: Option<String>, app: Arc<App>, id: String| async move {
+                let result = async {
+                    authorize(&app, auth.as_deref())?;
+                    let id = delivery_id(&id)?;
+                    let rec = app
+                        .service
+                        .deliveries
+                        .redrive(id, None)
+                        .await
+                        .map_err(delivery_error)?;
+                    json_ok(&rec)
+                };
+                result.await.unwrap_or_else(|e| error_reply(&e))
+            },
+        );
+    let redrive_dead = admin
+        .and(warp::path!(
+            "delivery" / "partners" / String / "redrive-dead"
+        ))
+        .and(warp::post())
+        .then(
+            |auth: Option<String>, app: Arc<App>, partner: String| async move {
+                let result = async {
+                    authorize(&app, auth.as_deref())?;
+                    let n = app
+                        .service
+                        .deliveries
+                        .redrive_dead(&partner)
+                        .await
+                        .map_err(delivery_error)?;
+                    json_ok(&json!({"partner": partner, "redriven": n}))
+                };
+                result.await.unwrap_or_else(|e| error_reply(&e))
+            },
+        );
+
+    // Boxed: one more level of nested filter types overflows the compiler's recursion limit.
+    let delivery = redeliver
+        .or(delivery_stats)
+        .unify()
+        .or(redrive_one)
+        .unify()
+        .or(redrive_dead)
+        .unify()
+        .boxed();
+
     draw.or(healthz)
+        .unify()
+        .or(delivery)
         .unify()
         .or(nearby)
         .unify()
@@ -167,6 +252,52 @@ pub fn routes(
         .unify()
         .recover(rejection)
         .unify()
+}
+
+/// A `POST /v1/wins/{win_id}/redeliver` body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeliverRequest {
+    user: String,
+}
+
+/// The user asks for a win's delivery again: a deferred, retrying or failed one is sent now.
+async fn redeliver(app: &App, win: &str, body: Result<Bytes, ApiError>) -> Result<Reply, ApiError> {
+    let req: RedeliverRequest = parse_json(&body?)?;
+    check_id(&req.user).map_err(|e| ApiError::field("user", e.to_string()))?;
+    let id = delivery_id(win)?;
+    if !app.asks.allow(&req.user, app.service.clock.now_ms()) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_redeliveries",
+            format!(
+                "at most {} redelivery requests a minute per user",
+                crate::delivery::MAX_ASKS
+            ),
+        ));
+    }
+    let rec = app
+        .service
+        .deliveries
+        .redrive(id, Some(&req.user))
+        .await
+        .map_err(delivery_error)?;
+    json_ok(&json!({"win_id": rec.win_id, "status": rec.state.user_view()}))
+}
+
+/// A delivery (win) id from a path; 400 naming `win_id` when it is not one.
+fn delivery_id(text: &str) -> Result<redrain_delivery::record::DeliveryId, ApiError> {
+    redrain_delivery::record::DeliveryId::parse(text)
+        .ok_or_else(|| ApiError::field("win_id", "must be 24 hex digits"))
+}
+
+fn delivery_error(e: redrain_delivery::lanes::DeliveryError) -> ApiError {
+    use redrain_delivery::lanes::DeliveryError;
+    match e {
+        DeliveryError::NotFound(id) => ApiError::not_found("win", &id),
+        DeliveryError::NoPartner(p) => ApiError::not_found("partner", &p),
+        DeliveryError::Store(e) => ApiError::unavailable(e),
+    }
 }
 
 async fn draw(app: &App, round: &str, body: Result<Bytes, ApiError>) -> Reply {
@@ -310,8 +441,8 @@ fn user_wins(app: &App, user: &str) -> Result<Reply, ApiError> {
             .get(Cf::Deliveries, rec.view.win_id.as_bytes())
             .map_err(ApiError::unavailable)?;
         let status = delivery
-            .and_then(|d| serde_json::from_slice::<crate::service::DeliveryRecord>(&d).ok())
-            .map_or_else(|| "pending".to_string(), |d| d.state);
+            .and_then(|d| serde_json::from_slice::<redrain_delivery::record::Record>(&d).ok())
+            .map_or("pending", |d| d.state.user_view());
         let mut w = serde_json::to_value(&rec.view).map_err(ApiError::internal)?;
         w["round"] = rec.round.into();
         w["occurrence"] = rec.occurrence.into();
@@ -432,6 +563,14 @@ fn publish(app: &App, content_type: Option<&str>, body: &[u8]) -> Result<Reply, 
             ..ApiError::new(StatusCode::CONFLICT, "quota_below_issued", e.to_string())
         },
         PublishFailure::Store(PublishError::Persist(_)) => ApiError::unavailable(e),
+        PublishFailure::PartnerHost { ref field, .. } => ApiError {
+            field: Some(field.clone()),
+            ..ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "partner_host_not_allowed",
+                e.to_string(),
+            )
+        },
         PublishFailure::Drops(d) => ApiError {
             field: Some(d.field.clone()),
             ..ApiError::new(

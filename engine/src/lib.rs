@@ -10,6 +10,7 @@
 //! - [`service`]: the draw: per-user lock → idempotency check → plan → durable commit → answer.
 //! - [`drops`]: geo drop tasks: point files loaded, screened and indexed off the query path,
 //!   swapped in with their config; nearby, per-drop claims, region counts.
+//! - [`delivery`]: the partner lanes' records in RocksDB, their settings, allowed hosts.
 //! - [`collect`]: shipping ledger segments to a collector, and the collector.
 //! - [`ledger`]: the append-only ledger: CRC-checked segment files, group commit, recovery.
 //! - [`storage`]: RocksDB column families and the group-commit writer.
@@ -32,6 +33,7 @@ pub mod api;
 pub mod cache;
 pub mod client;
 pub mod collect;
+pub mod delivery;
 pub mod drops;
 pub mod error;
 pub mod ledger;

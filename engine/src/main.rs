@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use quota::clock::SystemClock;
 use quota::config::Config;
 use quota::store::NodeShare;
+use redrain::delivery::DeliverySettings;
 use redrain::server::{self, Settings};
 use redrain::storage;
 
@@ -59,6 +60,8 @@ enum Command {
         #[command(subcommand)]
         command: DropsCommand,
     },
+    /// Run a simulated delivery partner (signature checks, capacity, failures; docs/partners.md).
+    PartnerSim(PartnerSimArgs),
 }
 
 #[derive(Subcommand)]
@@ -126,6 +129,54 @@ struct ServeArgs {
     /// The collector's shared secret [env: REDRAIN_COLLECTOR_SECRET].
     #[arg(long, env = "REDRAIN_COLLECTOR_SECRET", hide_env_values = true)]
     collector_secret: Option<String>,
+    /// A partner's signing secret, as PARTNER=SECRET (`*=SECRET` for every partner without
+    /// its own); repeat for several, and give one partner two while rotating
+    /// [env: REDRAIN_PARTNER_SECRETS, comma-separated]. Without any, the demo secret is used.
+    #[arg(
+        long = "partner-secret",
+        env = "REDRAIN_PARTNER_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    partner_secrets: Vec<String>,
+    /// A host partner URLs may point at, besides 127.0.0.1, localhost and [::1]; repeatable.
+    #[arg(long = "partner-host")]
+    partner_hosts: Vec<String>,
+    /// Most deliveries a partner lane keeps in memory; the rest wait in its durable outbox.
+    #[arg(long, default_value_t = 2_000_000)]
+    max_queued: usize,
+}
+
+/// Server delivery settings from `serve`'s flags.
+fn delivery_settings(args: &ServeArgs) -> anyhow::Result<DeliverySettings> {
+    let mut d = DeliverySettings {
+        max_queued: args.max_queued.max(1),
+        ..DeliverySettings::default()
+    };
+    d.allowed_hosts.extend(args.partner_hosts.iter().cloned());
+    let mut default = Vec::new();
+    for entry in &args.partner_secrets {
+        let (partner, secret) = entry
+            .split_once('=')
+            .filter(|(p, s)| !p.is_empty() && s.len() >= 16)
+            .ok_or_else(|| {
+                anyhow::anyhow!("--partner-secret must be PARTNER=SECRET with a secret of at least 16 characters")
+            })?;
+        if partner == "*" {
+            default.push(secret.to_string());
+        } else {
+            d.secrets
+                .entry(partner.to_string())
+                .or_default()
+                .push(secret.to_string());
+        }
+    }
+    if !default.is_empty() {
+        d.default_secrets = default;
+    } else if args.partner_secrets.is_empty() {
+        tracing::warn!("no --partner-secret given; deliveries are signed with the demo secret");
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {
@@ -154,6 +205,7 @@ fn main() -> ExitCode {
         Command::Ledger {
             command: LedgerCommand::Dump { dir, from },
         } => dump_ledger(&dir, from),
+        Command::PartnerSim(args) => partner_sim(args),
     };
     match result {
         Ok(code) => code,
@@ -291,6 +343,9 @@ fn op_json(op: &storage::Op) -> serde_json::Value {
         storage::Op::Add(cf, k, n) => {
             serde_json::json!({"add": storage::cf_name(*cf), "key": text(k), "by": n})
         }
+        storage::Op::Delete(cf, k) => {
+            serde_json::json!({"delete": storage::cf_name(*cf), "key": text(k)})
+        }
     }
 }
 
@@ -371,6 +426,7 @@ fn import_drops(file: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let delivery = delivery_settings(&args)?;
     let share = NodeShare::new(args.node_index, args.node_count).ok_or_else(|| {
         anyhow::anyhow!(
             "--node-index must be below --node-count (got {} of {})",
@@ -397,6 +453,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         admin_token,
         share,
         seed: args.seed.unwrap_or_else(rand::random),
+        delivery,
     };
     let rt = runtime(args.threads)?;
     rt.block_on(async {
@@ -434,4 +491,114 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+/// `partner-sim`'s flags.
+#[derive(clap::Args)]
+struct PartnerSimArgs {
+    /// Address to listen on; port 0 picks a free port (printed).
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    listen: SocketAddr,
+    /// A signing secret to accept; repeat to accept several (a rotation). Without any, the
+    /// demo secret is accepted. The environment variable gives one secret.
+    #[arg(
+        long = "secret",
+        env = "REDRAIN_PARTNER_SECRET",
+        hide_env_values = true
+    )]
+    secrets: Vec<String>,
+    /// How far a signature's timestamp may be from this clock, in seconds.
+    #[arg(long, default_value_t = redrain_delivery::sign::DEFAULT_TOLERANCE_S)]
+    tolerance_s: u64,
+    /// Declared capacity in requests a second, enforced per 100 ms slot (429 beyond).
+    #[arg(long)]
+    capacity: Option<u32>,
+    /// Latency of every answer: MIN or MIN..MAX (uniform).
+    #[arg(long, value_name = "MIN[..MAX]", default_value = "0", value_parser = parse_latency_ms)]
+    latency_ms: (u64, u64),
+    /// Share of deliveries answered 500.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    fail_rate: f64,
+    /// Share of deliveries answered 429 with Retry-After: 1.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    throttle_rate: f64,
+    /// Users need an account (POST /accounts/{user}); others get 422 {"code":"no_account"}.
+    #[arg(long)]
+    require_accounts: bool,
+    /// Share of 200s with a non-JSON body (still applied).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    garbage_rate: f64,
+    /// Share of 200s with a 16 MiB body (still applied).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    huge_rate: f64,
+    /// Share of 200s given only after --slow-ms (still applied).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    slow_rate: f64,
+    /// How long a slow answer takes.
+    #[arg(long, default_value_t = 30_000)]
+    slow_ms: u64,
+    /// Seed of the random choices (random if unset).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err("must be a number within [0, 1]".into()),
+    }
+}
+
+fn parse_latency_ms(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{s:?} is not MIN or MIN..MAX in milliseconds with MIN <= MAX");
+    let (min, max) = s.split_once("..").unwrap_or((s, s));
+    match (min.trim().parse::<u64>(), max.trim().parse::<u64>()) {
+        (Ok(min), Ok(max)) if min <= max => Ok((min, max)),
+        _ => Err(bad()),
+    }
+}
+
+fn partner_sim(args: PartnerSimArgs) -> anyhow::Result<ExitCode> {
+    use redrain_delivery::sim::{self, Sim, SimOptions};
+    let demo = args.secrets.is_empty();
+    let secrets = if demo {
+        vec![sim::DEMO_SECRET.to_string()]
+    } else {
+        args.secrets
+    };
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let opts = SimOptions {
+        secrets,
+        tolerance_s: args.tolerance_s,
+        capacity_per_s: args.capacity,
+        latency_min_ms: args.latency_ms.0,
+        latency_max_ms: args.latency_ms.1,
+        fail_rate: args.fail_rate,
+        throttle_rate: args.throttle_rate,
+        require_accounts: args.require_accounts,
+        garbage_rate: args.garbage_rate,
+        huge_rate: args.huge_rate,
+        slow_rate: args.slow_rate,
+        slow_ms: args.slow_ms,
+        seed,
+    };
+    opts.validate()
+        .map_err(|e| anyhow::anyhow!("invalid partner-sim settings: {e}"))?;
+    if demo {
+        tracing::warn!(
+            "no --secret given; accepting the demo secret {:?}",
+            sim::DEMO_SECRET
+        );
+    }
+    runtime(None)?.block_on(async {
+        let sim = Sim::new(opts);
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        // Tests and scripts read this line to find a port-0 listener.
+        println!("partner-sim listening on {}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        tracing::info!(seed, capacity = ?args.capacity, "partner-sim serving; POST /deliver");
+        sim::serve(listener, sim.clone(), shutdown_signal()).await;
+        println!("{}", serde_json::to_string_pretty(&sim.summary())?);
+        Ok(ExitCode::SUCCESS)
+    })
 }

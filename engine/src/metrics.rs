@@ -197,3 +197,64 @@ pub fn resident_bytes() -> Option<u64> {
     // The page size is 4 KiB on the Linux targets this engine runs on (x86-64 and arm64 defaults).
     Some(pages * 4096)
 }
+
+/// Appends each partner lane's gauges and counters.
+pub fn render_lanes(out: &mut String, lanes: &[redrain_delivery::lanes::LaneStats]) {
+    type Field = fn(&redrain_delivery::lanes::LaneStats) -> u64;
+    let series: [(&str, &str, &str, Field); 8] = [
+        (
+            "redrain_delivery_queued",
+            "gauge",
+            "Deliveries queued in memory per partner lane.",
+            |l| l.queued,
+        ),
+        (
+            "redrain_delivery_in_flight",
+            "gauge",
+            "Delivery requests in flight per partner.",
+            |l| l.in_flight.into(),
+        ),
+        (
+            "redrain_delivery_rate_per_s",
+            "gauge",
+            "Rate a partner lane sends at now (lower after trouble).",
+            |l| l.current_rate_per_s.into(),
+        ),
+        (
+            "redrain_delivery_paused",
+            "gauge",
+            "1 when a partner's kill switch is on.",
+            |l| l.paused.into(),
+        ),
+        (
+            "redrain_deliveries_total",
+            "counter",
+            "Deliveries the partner took.",
+            |l| l.delivered,
+        ),
+        (
+            "redrain_delivery_failures_total",
+            "counter",
+            "Delivery requests that failed (timeout, connection, 429, 5xx).",
+            |l| l.failures,
+        ),
+        (
+            "redrain_delivery_deferred_total",
+            "counter",
+            "Deliveries deferred: the user has no account yet.",
+            |l| l.deferred,
+        ),
+        (
+            "redrain_delivery_dead_total",
+            "counter",
+            "Deliveries dead-lettered.",
+            |l| l.dead,
+        ),
+    ];
+    for (name, kind, help, field) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for l in lanes {
+            let _ = writeln!(out, "{name}{{partner=\"{}\"}} {}", l.partner, field(l));
+        }
+    }
+}

@@ -11,11 +11,13 @@ use quota::clock::Clock;
 use quota::config::{Config, RawConfig};
 use quota::ids::{PrizeId, SeqNo};
 use quota::store::{counter_is_open, ConfigStore, NodeShare, PublishError, Snapshot};
+use redrain_delivery::lanes::Deliveries;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::cache::StandingCache;
+use crate::delivery::{DeliverySettings, RocksStore};
 use crate::drops::{DropError, Drops};
 use crate::metrics::Metrics;
 use crate::service::DrawService;
@@ -38,6 +40,8 @@ pub struct Settings {
     pub share: NodeShare,
     /// Seed of the draw's randomness.
     pub seed: u64,
+    /// Partner secrets, allowed hosts, lane bounds.
+    pub delivery: DeliverySettings,
 }
 
 /// The running engine, shared by every request.
@@ -47,6 +51,8 @@ pub struct App {
     pub service: Arc<DrawService>,
     /// Bearer token of the admin API.
     pub admin_token: String,
+    /// Per-user limit on "deliver it again" requests.
+    pub asks: crate::delivery::AskLimiter,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -120,6 +126,7 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
             limit,
         );
     }
+    let storage_for_lanes = storage.clone();
     let service = Arc::new(DrawService {
         store,
         book,
@@ -130,6 +137,11 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         clock,
         seed: settings.seed,
         drops: Drops::new(config_dir(&settings.config_path)),
+        deliveries: Deliveries::new(
+            Arc::new(RocksStore(storage_for_lanes)),
+            settings.delivery.max_queued,
+        ),
+        delivery_settings: settings.delivery.clone(),
     });
     if seq.0 == 0 {
         // A fresh data dir: make the file's config durable as SeqNo 1.
@@ -150,6 +162,7 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     Ok(App {
         service,
         admin_token: settings.admin_token.clone(),
+        asks: Default::default(),
     })
 }
 
@@ -170,6 +183,14 @@ pub enum PublishFailure {
     /// A drop task's points could not be loaded, or changed under claims.
     #[error(transparent)]
     Drops(#[from] DropError),
+    /// A partner URL points outside the allowed hosts.
+    #[error("{field}: {message}")]
+    PartnerHost {
+        /// E.g. `partners[0].url`.
+        field: String,
+        /// The problem.
+        message: String,
+    },
 }
 
 /// Publishes `config` as the next SeqNo, durably; `file_hash` marks it as read from the file.
@@ -181,6 +202,10 @@ pub fn publish(
     file_hash: Option<&str>,
 ) -> Result<Arc<Snapshot>, PublishFailure> {
     let _one_at_a_time = service.drops.publishing.lock();
+    service
+        .delivery_settings
+        .check_hosts(&config)
+        .map_err(|(field, message)| PublishFailure::PartnerHost { field, message })?;
     let prepared = service.drops.prepare(&config, &service.storage)?;
     let digest_ops = prepared.ops();
     let now_ms = service.clock.now_ms();
@@ -224,6 +249,10 @@ pub fn publish(
     service
         .drops
         .refresh_regions(|| service.store.load(), now_ms);
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // Outside a runtime (start-up), `run` starts the lanes.
+        configure_lanes(service, &snapshot.config);
+    }
     service
         .book
         .retain(|prize, occurrence| counter_is_open(&snapshot.config, prize, occurrence, now_ms));
@@ -239,8 +268,20 @@ pub async fn run(
     drain: Duration,
 ) {
     let refresher = tokio::spawn(refresh_regions(app.clone()));
+    configure_lanes(&app.service, &app.service.store.load().config);
+    let deliveries = app.service.deliveries.clone();
     serve(listener, crate::api::routes(app), shutdown, drain).await;
+    deliveries.shutdown();
     refresher.abort();
+}
+
+/// Brings the partner lanes in line with a published config.
+fn configure_lanes(service: &DrawService, config: &Config) {
+    service.deliveries.configure(
+        &service
+            .delivery_settings
+            .partners(config, service.store.share()),
+    );
 }
 
 /// Serves `routes` on `listener` (at most [`MAX_CONNECTIONS`] at once) until `shutdown`

@@ -12,6 +12,7 @@ use quota::schedule::{fnv1a, NotLive};
 use quota::store::{ConfigStore, Snapshot};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use redrain_delivery::record::{DeliveryId, Record};
 use redrain_geo::Coord;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -143,29 +144,6 @@ pub struct WinRecord {
     pub seq: u64,
 }
 
-/// A delivery waiting for the delivery work.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeliveryRecord {
-    /// The win delivered.
-    pub win_id: String,
-    /// Recipient.
-    pub user: String,
-    /// The partner.
-    pub partner: String,
-    /// The prize.
-    pub prize: String,
-    /// Cash amount.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub amount_cents: Option<u64>,
-    /// Coupon SKU.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub sku: Option<String>,
-    /// `pending` until the delivery work moves it on.
-    pub state: String,
-    /// When it was created.
-    pub created_ms: u64,
-}
-
 /// Everything a draw needs; shared by all request handlers.
 #[derive(Debug)]
 pub struct DrawService {
@@ -187,6 +165,10 @@ pub struct DrawService {
     pub seed: u64,
     /// Geo drop tasks: the live index set and region counts.
     pub drops: crate::drops::Drops,
+    /// Partner lanes; a durable win's delivery is queued on its partner's lane.
+    pub deliveries: Arc<redrain_delivery::lanes::Deliveries>,
+    /// Signing secrets, allowed partner hosts, queue bounds.
+    pub delivery_settings: crate::delivery::DeliverySettings,
 }
 
 impl DrawService {
@@ -384,26 +366,21 @@ impl DrawService {
                 partner: snapshot.config.partners[prize.partner].id.to_string(),
                 seq: snapshot.seq.0,
             };
-            let delivery = DeliveryRecord {
-                win_id: view.win_id.clone(),
-                user: c.user.to_string(),
-                partner: record.partner.clone(),
-                prize: prize.id.to_string(),
-                amount_cents: view.amount_cents,
-                sku: view.sku.clone(),
-                state: "pending".into(),
-                created_ms: now_ms,
-            };
+            let delivery = Record::pending(
+                view.win_id.clone(),
+                c.user.to_string(),
+                record.partner.clone(),
+                prize.id.to_string(),
+                view.amount_cents,
+                view.sku.clone(),
+                now_ms,
+            );
             ops.push(Op::Put(
                 Cf::Wins,
                 win_key(c.user, now_ms, &view.win_id),
                 serde_json::to_vec(&record).map_err(ApiError::internal)?,
             ));
-            ops.push(Op::Put(
-                Cf::Deliveries,
-                view.win_id.clone().into_bytes(),
-                serde_json::to_vec(&delivery).map_err(ApiError::internal)?,
-            ));
+            ops.extend(crate::delivery::record_ops(&delivery));
             ops.push(Op::Add(
                 Cf::Counters,
                 counter_key(prize.id.as_str(), occurrence),
@@ -432,8 +409,13 @@ impl DrawService {
         self.standings
             .put(round.id.as_str(), campaign.id.as_str(), c.user, &standing);
         counted.fetch_add(1, Relaxed);
-        for w in &plan.wins {
-            self.metrics.win(&round.prizes[w.prize].id);
+        for (w, view) in plan.wins.iter().zip(&response.wins) {
+            let prize = &round.prizes[w.prize];
+            self.metrics.win(&prize.id);
+            if let Some(id) = DeliveryId::parse(&view.win_id) {
+                self.deliveries
+                    .enqueue(snapshot.config.partners[prize.partner].id.as_str(), id);
+            }
         }
         Ok(body)
     }

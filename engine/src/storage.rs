@@ -58,9 +58,12 @@ pub enum Cf {
     Meta,
     /// `task \0 drop(be u32)` → prizes claimed from that geo drop (u64 LE, merged by addition).
     Drops,
+    /// `o \0 partner \0 id` → open deliveries (a lane's durable queue); `x \0 partner \0 id`
+    /// → dead letters. Values are empty.
+    Outbox,
 }
 
-const CFS: [(Cf, &str); 7] = [
+const CFS: [(Cf, &str); 8] = [
     (Cf::Requests, "requests"),
     (Cf::Users, "users"),
     (Cf::Wins, "wins"),
@@ -68,6 +71,7 @@ const CFS: [(Cf, &str); 7] = [
     (Cf::Counters, "counters"),
     (Cf::Meta, "meta"),
     (Cf::Drops, "drops"),
+    (Cf::Outbox, "outbox"),
 ];
 
 fn handle(db: &DB, cf: Cf) -> &ColumnFamily {
@@ -83,6 +87,8 @@ pub enum Op {
     Put(Cf, Vec<u8>, Vec<u8>),
     /// Add a u64 (LE) to a counter.
     Add(Cf, Vec<u8>, u64),
+    /// Remove a key.
+    Delete(Cf, Vec<u8>),
 }
 
 struct Job {
@@ -410,13 +416,15 @@ const APPLIED_KEY: &[u8] = b"ledger_applied";
 /// Ledger records replayed per RocksDB write.
 const REPLAY_CHUNK: usize = 4096;
 
-/// Encodes a batch as a ledger payload: per op, a tag (0 put, 1 add), the column family, the
-/// key (u32 length + bytes), then the value (u32 length + bytes) or the addend (u64).
+/// Encodes a batch as a ledger payload: per op, a tag (0 put, 1 add, 2 delete), the column
+/// family, the key (u32 length + bytes), then the value (u32 length + bytes), the addend (u64)
+/// or nothing.
 pub fn encode_ops(ops: &[Op], out: &mut Vec<u8>) {
     for op in ops {
         let (tag, cf, key) = match op {
             Op::Put(cf, k, _) => (0u8, cf, k),
             Op::Add(cf, k, _) => (1u8, cf, k),
+            Op::Delete(cf, k) => (2u8, cf, k),
         };
         out.push(tag);
         out.push(*cf as u8);
@@ -428,6 +436,7 @@ pub fn encode_ops(ops: &[Op], out: &mut Vec<u8>) {
                 out.extend_from_slice(v);
             }
             Op::Add(_, _, n) => out.extend_from_slice(&n.to_le_bytes()),
+            Op::Delete(..) => {}
         }
     }
 }
@@ -465,6 +474,7 @@ pub fn decode_ops(mut b: &[u8]) -> Result<Vec<Op>, String> {
                 Op::Put(cf, key, take(&mut b, n)?.to_vec())
             }
             1 => Op::Add(cf, key, decode_u64(take(&mut b, 8)?)),
+            2 => Op::Delete(cf, key),
             tag => return Err(format!("unknown op tag {tag}")),
         });
     }
@@ -483,6 +493,7 @@ fn write_group<'a>(
         match op {
             Op::Put(cf, k, v) => batch.put_cf(handles[*cf as usize], k, v),
             Op::Add(cf, k, n) => batch.merge_cf(handles[*cf as usize], k, n.to_le_bytes()),
+            Op::Delete(cf, k) => batch.delete_cf(handles[*cf as usize], k),
         }
     }
     batch.put_cf(

@@ -10,21 +10,18 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    campaign, cash_prize, coupon_prize, get_ok, issued, live_round, wins_of, PARTNERS, TOKEN,
+    campaign, cash_prize, coupon_prize, get_ok, issued, live_round, wins_of, Engine, PARTNERS,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use redrain::client::Conn;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::watch;
 
 const USERS: usize = 200;
@@ -44,81 +41,6 @@ fn config() -> String {
         + &live_round("crash", "crash", ROUND_CAP as u32, 1)
         + &cash_prize("cash-w", CASH_AMOUNT, QUOTAS[0].1, 1_000_000, 3)
         + &coupon_prize("coupon-w", "latte", QUOTAS[1].1, 100_000, 1)
-}
-
-/// The engine child process; SIGKILLed when dropped, so a failing test leaves nothing running.
-struct Engine {
-    child: Child,
-    addr: SocketAddr,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-impl Engine {
-    async fn start(config: &Path, data: &Path, log: &Path) -> Engine {
-        let log_file = std::fs::File::create(log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_redrain"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .arg("--data")
-            .arg(data)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-token",
-                TOKEN,
-                "--seed",
-                "1",
-                "--threads",
-                "2",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn redrain");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        // The binary prints one line once it listens; a deadline only guards against a hang.
-        let addr = tokio::time::timeout(Duration::from_secs(60), async {
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if stdout.read_line(&mut line).await.unwrap() == 0 {
-                    return None;
-                }
-                if let Some(rest) = line.trim().strip_prefix("redrain listening on http://") {
-                    return Some(rest.parse::<SocketAddr>().unwrap());
-                }
-            }
-        })
-        .await;
-        match addr {
-            Ok(Some(addr)) => Engine {
-                child,
-                addr,
-                _stdout: stdout,
-            },
-            other => {
-                let _ = child.start_kill();
-                panic!(
-                    "redrain did not start ({other:?}); its log:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                )
-            }
-        }
-    }
-
-    /// SIGKILL, and wait for the process to be gone.
-    async fn kill(mut self) {
-        self.child.kill().await.unwrap();
-    }
 }
 
 /// One draw request: round "crash", a user, a request id, shakes.

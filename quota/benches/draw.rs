@@ -12,10 +12,10 @@
 
 use std::hint::black_box;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use quota::book::CounterBook;
 use quota::config::Config;
-use quota::draw::{Outcome, UserStanding, plan};
+use quota::draw::{plan, Outcome, UserStanding};
 use quota::ids::SeqNo;
 use quota::store::{ConfigStore, NodeShare};
 use rand::rngs::SmallRng;

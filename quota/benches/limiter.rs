@@ -11,7 +11,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use quota::book::CounterBook;
 use quota::ids::PrizeId;
 use quota::limiter::{PrizeCounters, QuotaCounter, SlotLimiter};

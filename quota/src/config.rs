@@ -99,7 +99,20 @@ pub struct RawPartner {
     /// Kill switch: a paused partner's lane holds its queue.
     #[serde(default)]
     pub paused: bool,
+    /// Retries of a delivery stop this long after its win, and it is dead-lettered (default
+    /// one day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_deadline_s: Option<u32>,
+    /// A delivery deferred because the user has no account yet is tried again this often
+    /// (default 10 minutes), and whenever the user asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred_retry_s: Option<u32>,
 }
+
+/// Default [`RawPartner::retry_deadline_s`].
+pub const DEFAULT_RETRY_DEADLINE_S: u32 = 86_400;
+/// Default [`RawPartner::deferred_retry_s`].
+pub const DEFAULT_DEFERRED_RETRY_S: u32 = 600;
 
 /// A round as written.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -303,6 +316,10 @@ pub struct Partner {
     pub timeout_ms: u32,
     /// Kill switch.
     pub paused: bool,
+    /// Retries stop this long after the win.
+    pub retry_deadline_s: u32,
+    /// Deferred deliveries are tried again this often.
+    pub deferred_retry_s: u32,
 }
 
 /// A validated round.
@@ -633,6 +650,15 @@ impl RawConfig {
             );
             p.range(at("max_in_flight"), r.max_in_flight.into(), 1, 10_000);
             p.range(at("timeout_ms"), r.timeout_ms.into(), 1, 120_000);
+            let retry_deadline_s = r.retry_deadline_s.unwrap_or(DEFAULT_RETRY_DEADLINE_S);
+            p.range(
+                at("retry_deadline_s"),
+                retry_deadline_s.into(),
+                1,
+                30 * 86_400,
+            );
+            let deferred_retry_s = r.deferred_retry_s.unwrap_or(DEFAULT_DEFERRED_RETRY_S);
+            p.range(at("deferred_retry_s"), deferred_retry_s.into(), 1, 86_400);
             if let (Some(id), Some(kind)) = (id, kind) {
                 if partner_index.insert(id.clone(), partners.len()).is_some() {
                     p.add(at("id"), format!("duplicate partner id {id}"));
@@ -646,6 +672,8 @@ impl RawConfig {
                     max_in_flight: r.max_in_flight,
                     timeout_ms: r.timeout_ms,
                     paused: r.paused,
+                    retry_deadline_s,
+                    deferred_retry_s,
                 });
             }
         }

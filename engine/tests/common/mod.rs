@@ -15,7 +15,10 @@ use quota::store::NodeShare;
 use redrain::client::{Conn, Reply};
 use redrain::server::{self, App, Settings};
 use serde_json::{json, Value};
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -47,7 +50,9 @@ ends_at = "2036-01-01T00:00:00Z"
     )
 }
 
-/// A wallet partner `wallet` and a coupon partner `coupons`.
+/// A wallet partner `wallet` and a coupon partner `coupons`, both paused (kill switch on): the
+/// draw tests see every delivery stay `pending`, whatever listens on these ports.
+/// `tests/delivery.rs` runs real partners.
 pub const PARTNERS: &str = r#"
 [[partners]]
 id = "wallet"
@@ -56,6 +61,7 @@ url = "http://127.0.0.1:9100/deliver"
 rate_per_s = 100000
 max_in_flight = 16
 timeout_ms = 1000
+paused = true
 
 [[partners]]
 id = "coupons"
@@ -64,6 +70,7 @@ url = "http://127.0.0.1:9101/deliver"
 rate_per_s = 1000
 max_in_flight = 8
 timeout_ms = 1000
+paused = true
 "#;
 
 /// An always-live round (30-day occurrences from 2026-01-01, no stagger, a 30-day window).
@@ -166,6 +173,7 @@ impl Server {
             admin_token: TOKEN.to_string(),
             share,
             seed: SEED,
+            delivery: Default::default(),
         };
         let app = Arc::new(open(&settings, clock.clone()).await);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -413,4 +421,94 @@ pub async fn config_seq(c: &mut Conn) -> u64 {
 /// The wins array of a draw response.
 pub fn wins_in(v: &Value) -> Vec<Value> {
     v["wins"].as_array().cloned().unwrap_or_default()
+}
+
+/// The engine child process; SIGKILLed when dropped, so a failing test leaves nothing running.
+pub struct Engine {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Engine {
+    /// Starts `redrain serve` on 127.0.0.1:0 (stderr to `log`) and waits until it listens.
+    pub async fn start(config: &Path, data: &Path, log: &Path) -> Engine {
+        Engine::start_with(config, data, log, &[]).await
+    }
+
+    /// [`Engine::start`] with more `serve` flags.
+    pub async fn start_with(config: &Path, data: &Path, log: &Path, extra: &[&str]) -> Engine {
+        let log_file = std::fs::File::create(log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_redrain"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--data")
+            .arg(data)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-token",
+                TOKEN,
+                "--seed",
+                "1",
+                "--threads",
+                "2",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn redrain");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        // The binary prints one line once it listens; a deadline only guards against a hang.
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if stdout.read_line(&mut line).await.unwrap() == 0 {
+                    return None;
+                }
+                if let Some(rest) = line.trim().strip_prefix("redrain listening on http://") {
+                    return Some(rest.parse::<SocketAddr>().unwrap());
+                }
+            }
+        })
+        .await;
+        match addr {
+            Ok(Some(addr)) => Engine {
+                child,
+                addr,
+                _stdout: stdout,
+            },
+            other => {
+                let _ = child.start_kill();
+                panic!(
+                    "redrain did not start ({other:?}); its log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            }
+        }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// An admin API request without a body, with a bearer token (`None`: no Authorization header).
+pub async fn admin(c: &mut Conn, method: Method, path: &str, token: Option<&str>) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    c.send(method, path, &headers, Bytes::new()).await.unwrap()
 }

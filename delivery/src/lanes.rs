@@ -1,0 +1,686 @@
+//! Partner lanes: one task per partner that sends its queued deliveries no faster than its
+//! throttle and its in-flight cap allow, and records every answer.
+//!
+//! The draw's hot path only calls [`Deliveries::enqueue`] (a push under the lane's own mutex)
+//! after its batch is durable; the pending record and the outbox entry were in that batch, so
+//! a delivery is never only in memory. A lane task loops: wait until the lane is not paused,
+//! has room in flight, has something due and has room in the current 100 ms slot; then it
+//! spawns the request. The request's answer moves the record on (delivered, retrying with
+//! backoff, deferred, dead) durably, and only then may the id be sent again, so a crash at any
+//! point leaves the record pending or moved on, never lost; a delivery the partner took just
+//! before a crash is sent again with the same idempotency key.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::queue::{LaneQueue, Next};
+use crate::record::{DeliveryId, Record, State, Store, StoreError, NOT_SCHEDULED};
+use crate::sign;
+use crate::throttle::Throttle;
+
+/// Most bytes of a partner's answer read; the rest is dropped with the connection.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// First retry delay; doubled per attempt.
+pub const BACKOFF_BASE_MS: u64 = 250;
+/// Longest retry delay.
+pub const BACKOFF_MAX_MS: u64 = 60_000;
+/// A store failure while recording an answer: try the delivery again after this.
+const STORE_RETRY_MS: u64 = 1_000;
+
+/// Milliseconds since the Unix epoch. Lanes use the wall clock: their slots must line up with
+/// the partner's.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How a partner is reached and throttled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartnerSettings {
+    /// Partner id.
+    pub id: String,
+    /// Delivery endpoint.
+    pub url: String,
+    /// Most requests a second.
+    pub rate_per_s: u32,
+    /// Most requests in flight.
+    pub max_in_flight: u32,
+    /// Per-request timeout (connect, send, answer).
+    pub timeout_ms: u64,
+    /// Kill switch: the lane sends nothing and keeps its queue.
+    pub paused: bool,
+    /// Retries stop this long after the win (or a re-drive).
+    pub retry_deadline_ms: u64,
+    /// A deferred delivery is tried again this often until its deadline.
+    pub deferred_retry_ms: u64,
+    /// Active signing secrets (several during a rotation).
+    pub secrets: Vec<String>,
+}
+
+/// Counters of one lane, as shown to operators.
+#[derive(Debug, Clone, Serialize)]
+pub struct LaneStats {
+    /// Partner id.
+    pub partner: String,
+    /// Paused by its kill switch.
+    pub paused: bool,
+    /// Ids queued in memory (due now or later).
+    pub queued: u64,
+    /// Whether more are waiting in the store than memory holds.
+    pub overflowed: bool,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Configured rate.
+    pub rate_per_s: u32,
+    /// Rate it sends at now (lower after trouble).
+    pub current_rate_per_s: u32,
+    /// Deliveries the partner took.
+    pub delivered: u64,
+    /// Requests that failed (timeout, connection, 429, 5xx).
+    pub failures: u64,
+    /// Deliveries deferred for want of an account.
+    pub deferred: u64,
+    /// Deliveries given up.
+    pub dead: u64,
+    /// Win → delivered, p50 (ms).
+    pub latency_p50_ms: u64,
+    /// Win → delivered, p99 (ms).
+    pub latency_p99_ms: u64,
+}
+
+/// Why a user's or operator's request about a delivery was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// No such delivery (or not this user's).
+    #[error("no delivery {0}")]
+    NotFound(String),
+    /// Its partner has no lane.
+    #[error("no partner {0}")]
+    NoPartner(String),
+    /// The store failed; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    delivered: AtomicU64,
+    failures: AtomicU64,
+    deferred: AtomicU64,
+    dead: AtomicU64,
+}
+
+struct Lane {
+    settings: ArcSwap<PartnerSettings>,
+    uri: ArcSwap<Option<Uri>>,
+    queue: Mutex<LaneQueue>,
+    throttle: Mutex<Throttle>,
+    /// Ids being sent or recorded: never sent twice at once.
+    busy: Mutex<HashSet<DeliveryId>>,
+    in_flight: AtomicU32,
+    wake: Notify,
+    closing: AtomicBool,
+    counts: Counts,
+    latency: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+/// Every partner's lane, and the shared HTTP client.
+pub struct Deliveries {
+    lanes: ArcSwap<HashMap<String, Arc<Lane>>>,
+    store: Arc<dyn Store>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    max_queued: usize,
+    configuring: Mutex<()>,
+}
+
+impl std::fmt::Debug for Deliveries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliveries")
+            .field("lanes", &self.lanes.load().len())
+            .finish()
+    }
+}
+
+/// What a partner's answer means for the delivery.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Took,
+    NoAccount,
+    Trouble {
+        retry_after_ms: Option<u64>,
+        why: String,
+    },
+    Refused(String),
+}
+
+impl Deliveries {
+    /// No lanes yet; [`Deliveries::configure`] adds them. Each lane holds at most `max_queued`
+    /// ids in memory.
+    pub fn new(store: Arc<dyn Store>, max_queued: usize) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Arc::new(Deliveries {
+            lanes: ArcSwap::from_pointee(HashMap::new()),
+            store,
+            client,
+            max_queued,
+            configuring: Mutex::new(()),
+        })
+    }
+
+    /// Brings the lanes in line with `partners`: new partners get a lane (started, and filled
+    /// from their outbox), known ones take the new settings (rate from the next slot), lanes of
+    /// partners no longer configured keep running so queued deliveries still go out. Must run
+    /// inside a tokio runtime.
+    pub fn configure(self: &Arc<Self>, partners: &[PartnerSettings]) {
+        let _one = self.configuring.lock();
+        let mut lanes = HashMap::clone(&self.lanes.load());
+        for p in partners {
+            let uri = p.url.parse::<Uri>().ok();
+            if let Some(lane) = lanes.get(&p.id) {
+                lane.throttle.lock().set_rate(p.rate_per_s);
+                lane.uri.store(Arc::new(uri));
+                lane.settings.store(Arc::new(p.clone()));
+                lane.wake.notify_one();
+                continue;
+            }
+            let lane = Arc::new(Lane {
+                settings: ArcSwap::from_pointee(p.clone()),
+                uri: ArcSwap::from_pointee(uri),
+                queue: Mutex::new(LaneQueue::new(self.max_queued)),
+                throttle: Mutex::new(Throttle::new(p.rate_per_s)),
+                busy: Mutex::new(HashSet::new()),
+                in_flight: AtomicU32::new(0),
+                wake: Notify::new(),
+                closing: AtomicBool::new(false),
+                counts: Counts::default(),
+                latency: Mutex::new(
+                    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2).expect("bounds"),
+                ),
+            });
+            // What the outbox already holds (after a restart) is read in as after an overflow.
+            lane.queue.lock().mark_overflowed();
+            lanes.insert(p.id.clone(), lane.clone());
+            tokio::spawn(self.clone().run_lane(lane));
+        }
+        self.lanes.store(Arc::new(lanes));
+    }
+
+    /// Queues a durable pending delivery for sending. Cheap: the draw calls it after commit.
+    pub fn enqueue(&self, partner: &str, id: DeliveryId) {
+        let lanes = self.lanes.load();
+        let Some(lane) = lanes.get(partner) else {
+            tracing::warn!(partner, %id, "no lane for partner; the delivery waits in its outbox");
+            return;
+        };
+        lane.queue.lock().push(id);
+        lane.wake.notify_one();
+    }
+
+    /// Sends a delivery again now if it is deferred, retrying or dead, with a fresh deadline;
+    /// a pending or delivered one is left as it is. `user`, when given, must own it.
+    /// Idempotent: asking twice queues it once more at most.
+    pub async fn redrive(
+        &self,
+        id: DeliveryId,
+        user: Option<&str>,
+    ) -> Result<Record, DeliveryError> {
+        let mut rec = self
+            .store
+            .load(id)?
+            .filter(|r| user.is_none_or(|u| r.user == u))
+            .ok_or_else(|| DeliveryError::NotFound(id.to_string()))?;
+        if matches!(rec.state, State::Pending | State::Delivered) {
+            return Ok(rec);
+        }
+        let lanes = self.lanes.load();
+        let lane = lanes
+            .get(&rec.partner)
+            .ok_or_else(|| DeliveryError::NoPartner(rec.partner.clone()))?;
+        let now = now_ms();
+        rec.state = State::Pending;
+        rec.next_at_ms = 0;
+        rec.deadline_ms = now + lane.settings.load().retry_deadline_ms;
+        self.store.save(rec.clone()).await?;
+        lane.queue.lock().push(id);
+        lane.wake.notify_one();
+        Ok(rec)
+    }
+
+    /// Re-drives every dead delivery of a partner; returns how many.
+    pub async fn redrive_dead(&self, partner: &str) -> Result<usize, DeliveryError> {
+        if !self.lanes.load().contains_key(partner) {
+            return Err(DeliveryError::NoPartner(partner.to_string()));
+        }
+        let ids = self.store.dead_letters(partner)?;
+        let mut n = 0;
+        for id in ids {
+            if self.redrive(id, None).await?.state == State::Pending {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Every lane's counters, by partner id.
+    pub fn stats(&self) -> Vec<LaneStats> {
+        let lanes = self.lanes.load();
+        let mut out: Vec<LaneStats> = lanes
+            .values()
+            .map(|lane| {
+                let s = lane.settings.load();
+                let (queued, overflowed) = {
+                    let q = lane.queue.lock();
+                    (q.len() as u64, q.overflowed())
+                };
+                let latency = lane.latency.lock();
+                let throttle = lane.throttle.lock();
+                LaneStats {
+                    partner: s.id.clone(),
+                    paused: s.paused,
+                    queued,
+                    overflowed,
+                    in_flight: lane.in_flight.load(Ordering::Relaxed),
+                    rate_per_s: throttle.rate_per_s(),
+                    current_rate_per_s: throttle.current_rate(),
+                    delivered: lane.counts.delivered.load(Ordering::Relaxed),
+                    failures: lane.counts.failures.load(Ordering::Relaxed),
+                    deferred: lane.counts.deferred.load(Ordering::Relaxed),
+                    dead: lane.counts.dead.load(Ordering::Relaxed),
+                    latency_p50_ms: latency.value_at_quantile(0.5),
+                    latency_p99_ms: latency.value_at_quantile(0.99),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.partner.cmp(&b.partner));
+        out
+    }
+
+    /// Stops every lane's loop (requests in flight finish or are dropped with the runtime;
+    /// their records stay pending and are sent again after a restart).
+    pub fn shutdown(&self) {
+        for lane in self.lanes.load().values() {
+            lane.closing.store(true, Ordering::SeqCst);
+            lane.wake.notify_one();
+        }
+    }
+
+    async fn run_lane(self: Arc<Self>, lane: Arc<Lane>) {
+        loop {
+            let wake = lane.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if lane.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            let refill = {
+                let mut q = lane.queue.lock();
+                q.is_empty() && q.take_overflow()
+            };
+            if refill {
+                // Even a paused lane reads its outbox, so operators see what it holds.
+                self.refill(&lane).await;
+                continue;
+            }
+            let settings = lane.settings.load_full();
+            let now = now_ms();
+            if settings.paused || lane.in_flight.load(Ordering::SeqCst) >= settings.max_in_flight {
+                wake.await;
+                continue;
+            }
+            let next = lane.queue.lock().next(now);
+            match next {
+                Next::Empty => {
+                    wake.await;
+                    continue;
+                }
+                Next::Later(at) => {
+                    sleep_or_wake(at - now, wake).await;
+                    continue;
+                }
+                Next::Due => {}
+            }
+            let taken = lane.throttle.lock().try_take(now);
+            if let Err(at) = taken {
+                sleep_or_wake(at.saturating_sub(now), wake).await;
+                continue;
+            }
+            let Some(id) = lane.queue.lock().pop(now) else {
+                continue;
+            };
+            if !lane.busy.lock().insert(id) {
+                continue; // a second copy of an id being sent: the first one's answer decides
+            }
+            lane.in_flight.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(self.clone().deliver(lane.clone(), settings, id));
+        }
+    }
+
+    /// Reads the lane's outbox back into its queue (start-up, or after an overflow drained).
+    async fn refill(&self, lane: &Arc<Lane>) {
+        let partner = lane.settings.load().id.clone();
+        let store = self.store.clone();
+        let outbox = match tokio::task::spawn_blocking(move || store.outbox(&partner)).await {
+            Ok(Ok(outbox)) => outbox,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "reading a partner's outbox failed; trying again in 1 s");
+                tokio::time::sleep(Duration::from_millis(STORE_RETRY_MS)).await;
+                lane.queue.lock().mark_overflowed();
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "outbox reader panicked");
+                return;
+            }
+        };
+        let busy = lane.busy.lock().clone();
+        let mut q = lane.queue.lock();
+        for (id, due) in outbox {
+            if busy.contains(&id) || due == NOT_SCHEDULED {
+                continue;
+            }
+            if due == 0 {
+                q.push(id);
+            } else {
+                q.push_at(due, id);
+            }
+        }
+    }
+
+    async fn deliver(
+        self: Arc<Self>,
+        lane: Arc<Lane>,
+        settings: Arc<PartnerSettings>,
+        id: DeliveryId,
+    ) {
+        let outcome = self.attempt(&lane, &settings, id).await;
+        lane.in_flight.fetch_sub(1, Ordering::SeqCst);
+        lane.wake.notify_one();
+        if let Err(e) = outcome {
+            tracing::error!(%id, error = %e, "recording a delivery failed; it is tried again");
+            lane.queue.lock().push_at(now_ms() + STORE_RETRY_MS, id);
+        }
+        lane.busy.lock().remove(&id);
+        lane.wake.notify_one();
+    }
+
+    /// Sends one delivery and records the answer.
+    async fn attempt(
+        &self,
+        lane: &Lane,
+        settings: &PartnerSettings,
+        id: DeliveryId,
+    ) -> Result<(), StoreError> {
+        let Some(mut rec) = self.store.load(id)? else {
+            tracing::warn!(%id, "queued delivery has no record");
+            return Ok(());
+        };
+        let now = now_ms();
+        let due = match rec.state {
+            State::Pending => true,
+            State::Retrying | State::Deferred => rec.next_at_ms <= now,
+            State::Delivered | State::Dead => false,
+        };
+        if !due {
+            return Ok(()); // a stale copy: the record moved on since it was queued
+        }
+        let answer = match lane.uri.load().as_ref() {
+            Some(uri) => self.request(uri.clone(), settings, &rec, now).await,
+            None => Answer::Refused(format!("partner url {} is not a valid URI", settings.url)),
+        };
+        let now = now_ms();
+        rec.attempts += 1;
+        let deadline = if rec.deadline_ms == 0 {
+            rec.created_ms + settings.retry_deadline_ms
+        } else {
+            rec.deadline_ms
+        };
+        let mut later = None;
+        match answer {
+            Answer::Took => {
+                rec.state = State::Delivered;
+                rec.delivered_ms = Some(now);
+                rec.last_error = None;
+            }
+            Answer::NoAccount => {
+                rec.state = State::Deferred;
+                let at = now + settings.deferred_retry_ms;
+                rec.next_at_ms = if at <= deadline { at } else { 0 };
+                rec.last_error = Some("the user has no account at the partner yet".into());
+                later = (rec.next_at_ms > 0).then_some(rec.next_at_ms);
+            }
+            Answer::Trouble {
+                retry_after_ms,
+                why,
+            } => {
+                lane.throttle.lock().trouble(now, retry_after_ms);
+                let wait = backoff_ms(rec.attempts).max(retry_after_ms.unwrap_or(0));
+                if now + wait > deadline {
+                    rec.state = State::Dead;
+                    rec.last_error =
+                        Some(format!("gave up after {} attempts: {why}", rec.attempts));
+                } else {
+                    rec.state = State::Retrying;
+                    rec.next_at_ms = now + wait;
+                    rec.last_error = Some(why);
+                    later = Some(rec.next_at_ms);
+                }
+            }
+            Answer::Refused(why) => {
+                rec.state = State::Dead;
+                rec.last_error = Some(why);
+            }
+        }
+        let (state, created_ms) = (rec.state, rec.created_ms);
+        self.store.save(rec).await?;
+        let counter = match state {
+            State::Delivered => {
+                let _ = lane
+                    .latency
+                    .lock()
+                    .record(now.saturating_sub(created_ms).max(1));
+                &lane.counts.delivered
+            }
+            State::Deferred => &lane.counts.deferred,
+            State::Dead => &lane.counts.dead,
+            _ => &lane.counts.failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(at) = later {
+            lane.queue.lock().push_at(at, id);
+        }
+        Ok(())
+    }
+
+    async fn request(
+        &self,
+        uri: Uri,
+        settings: &PartnerSettings,
+        rec: &Record,
+        now: u64,
+    ) -> Answer {
+        let body = request_body(rec);
+        let ts = now / 1000;
+        let signature = sign::sign(&settings.secrets, &rec.win_id, ts, &body);
+        let req = hyper::Request::post(uri)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(sign::IDEMPOTENCY_HEADER, &rec.win_id)
+            .header(sign::ID_HEADER, &rec.win_id)
+            .header(sign::TIMESTAMP_HEADER, ts.to_string())
+            .header(sign::SIGNATURE_HEADER, signature)
+            .body(Full::new(Bytes::from(body)));
+        let req = match req {
+            Ok(req) => req,
+            Err(e) => return Answer::Refused(format!("building the request: {e}")),
+        };
+        let exchange = async {
+            let resp = self.client.request(req).await?;
+            let status = resp.status();
+            let retry_after_ms = resp
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| s.saturating_mul(1000));
+            // A body past the bound is not read further; the status already decided.
+            let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after_ms, body))
+        };
+        match tokio::time::timeout(Duration::from_millis(settings.timeout_ms), exchange).await {
+            Err(_) => Answer::Trouble {
+                retry_after_ms: None,
+                why: format!("no answer within {} ms", settings.timeout_ms),
+            },
+            Ok(Err(e)) => Answer::Trouble {
+                retry_after_ms: None,
+                why: format!("request failed: {e}"),
+            },
+            Ok(Ok((status, retry_after_ms, body))) => {
+                classify(status.as_u16(), retry_after_ms, &body)
+            }
+        }
+    }
+}
+
+fn classify(status: u16, retry_after_ms: Option<u64>, body: &[u8]) -> Answer {
+    match status {
+        200..=299 => Answer::Took,
+        422 if is_no_account(body) => Answer::NoAccount,
+        429 => Answer::Trouble {
+            retry_after_ms: Some(retry_after_ms.unwrap_or(1000)),
+            why: "429 too many requests".into(),
+        },
+        408 | 500..=599 => Answer::Trouble {
+            retry_after_ms: None,
+            why: format!("partner answered {status}"),
+        },
+        _ => Answer::Refused(format!("partner refused it with {status}")),
+    }
+}
+
+fn is_no_account(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Code {
+        code: String,
+    }
+    serde_json::from_slice::<Code>(body).is_ok_and(|c| c.code == "no_account")
+}
+
+async fn sleep_or_wake(ms: u64, wake: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) {
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+        _ = wake => {}
+    }
+}
+
+/// The retry delay after `attempts` failed requests: exponential from [`BACKOFF_BASE_MS`],
+/// capped at [`BACKOFF_MAX_MS`], with jitter over its upper half.
+pub fn backoff_ms(attempts: u32) -> u64 {
+    let full = BACKOFF_BASE_MS
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
+        .min(BACKOFF_MAX_MS);
+    rand::thread_rng().gen_range(full / 2..=full)
+}
+
+/// The JSON body sent to the partner.
+pub fn request_body(rec: &Record) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        delivery_id: &'a str,
+        win_id: &'a str,
+        user: &'a str,
+        prize: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        amount_cents: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sku: Option<&'a str>,
+        issued_at: String,
+        issued_ms: u64,
+    }
+    serde_json::to_vec(&Body {
+        delivery_id: &rec.win_id,
+        win_id: &rec.win_id,
+        user: &rec.user,
+        prize: &rec.prize,
+        amount_cents: rec.amount_cents,
+        sku: rec.sku.as_deref(),
+        issued_at: rfc3339_ms(rec.created_ms),
+        issued_ms: rec.created_ms,
+    })
+    .expect("plain struct")
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time in ms since the epoch.
+pub fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified() {
+        assert_eq!(classify(200, None, b"garbage"), Answer::Took);
+        assert_eq!(classify(204, None, b""), Answer::Took);
+        assert_eq!(
+            classify(422, None, br#"{"code":"no_account"}"#),
+            Answer::NoAccount
+        );
+        assert!(matches!(classify(422, None, b"{}"), Answer::Refused(_)));
+        assert!(matches!(
+            classify(429, Some(3000), b""),
+            Answer::Trouble {
+                retry_after_ms: Some(3000),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(429, None, b""),
+            Answer::Trouble {
+                retry_after_ms: Some(1000),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(503, None, b""),
+            Answer::Trouble {
+                retry_after_ms: None,
+                ..
+            }
+        ));
+        assert!(matches!(classify(400, None, b""), Answer::Refused(_)));
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_is_capped() {
+        for attempts in 1..40 {
+            let full = (BACKOFF_BASE_MS << (attempts - 1).min(20)).min(BACKOFF_MAX_MS);
+            let d = backoff_ms(attempts);
+            assert!(d >= full / 2 && d <= full, "attempt {attempts}: {d}");
+        }
+    }
+}

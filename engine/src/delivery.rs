@@ -1,0 +1,242 @@
+//! The delivery lanes' glue: their records in RocksDB (through the ledger), their settings from
+//! the published config and the server's secrets, and the partner host allow-list.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use quota::config::Config;
+use quota::store::NodeShare;
+use redrain_delivery::lanes::PartnerSettings;
+use redrain_delivery::record::{DeliveryId, Record, State, Store, StoreError};
+
+use crate::storage::{Cf, Op, Storage};
+
+/// Deliveries kept in RocksDB: the record under its win id in `deliveries`, and its place in
+/// `outbox` (open: `o\0partner\0id` → when due, u64 LE, so a lane reads its queue back with one
+/// prefix scan; dead: `x\0partner\0id`).
+#[derive(Debug)]
+pub struct RocksStore(pub Arc<Storage>);
+
+/// Outbox key of an open delivery.
+pub fn outbox_key(partner: &str, id: &str) -> Vec<u8> {
+    [b"o\0", partner.as_bytes(), b"\0", id.as_bytes()].concat()
+}
+
+/// Outbox key of a dead letter.
+pub fn dead_key(partner: &str, id: &str) -> Vec<u8> {
+    [b"x\0", partner.as_bytes(), b"\0", id.as_bytes()].concat()
+}
+
+/// The ops that store `record` and file it by its state.
+pub fn record_ops(record: &Record) -> Vec<Op> {
+    let (open, dead) = (
+        outbox_key(&record.partner, &record.win_id),
+        dead_key(&record.partner, &record.win_id),
+    );
+    let json = serde_json::to_vec(record).expect("plain struct");
+    let mut ops = vec![Op::Put(
+        Cf::Deliveries,
+        record.win_id.as_bytes().to_vec(),
+        json,
+    )];
+    match record.state {
+        State::Pending | State::Retrying | State::Deferred => {
+            ops.push(Op::Put(
+                Cf::Outbox,
+                open,
+                record.due_ms().to_le_bytes().to_vec(),
+            ));
+            ops.push(Op::Delete(Cf::Outbox, dead));
+        }
+        State::Dead => {
+            ops.push(Op::Delete(Cf::Outbox, open));
+            ops.push(Op::Put(Cf::Outbox, dead, Vec::new()));
+        }
+        State::Delivered => {
+            ops.push(Op::Delete(Cf::Outbox, open));
+            ops.push(Op::Delete(Cf::Outbox, dead));
+        }
+    }
+    ops
+}
+
+impl RocksStore {
+    /// Every id under `prefix` with its value read as a u64.
+    fn ids(&self, prefix: Vec<u8>) -> Result<Vec<(DeliveryId, u64)>, StoreError> {
+        let rows = self
+            .0
+            .scan_prefix(Cf::Outbox, &prefix, usize::MAX)
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ok(rows
+            .iter()
+            .filter_map(|(k, v)| {
+                let id = std::str::from_utf8(&k[prefix.len()..]).ok()?;
+                Some((DeliveryId::parse(id)?, crate::storage::decode_u64(v)))
+            })
+            .collect())
+    }
+}
+
+impl Store for RocksStore {
+    fn load(&self, id: DeliveryId) -> Result<Option<Record>, StoreError> {
+        let bytes = self
+            .0
+            .get(Cf::Deliveries, id.to_string().as_bytes())
+            .map_err(|e| StoreError(e.to_string()))?;
+        bytes
+            .map(|b| {
+                serde_json::from_slice(&b).map_err(|e| StoreError(format!("record {id}: {e}")))
+            })
+            .transpose()
+    }
+
+    fn save(&self, record: Record) -> BoxFuture<'static, Result<(), StoreError>> {
+        let storage = self.0.clone();
+        Box::pin(async move {
+            storage
+                .commit(record_ops(&record))
+                .await
+                .map_err(|e| StoreError(e.to_string()))
+        })
+    }
+
+    fn outbox(&self, partner: &str) -> Result<Vec<(DeliveryId, u64)>, StoreError> {
+        self.ids(outbox_key(partner, ""))
+    }
+
+    fn dead_letters(&self, partner: &str) -> Result<Vec<DeliveryId>, StoreError> {
+        Ok(self
+            .ids(dead_key(partner, ""))?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+}
+
+/// Delivery settings of the server (not of a campaign): signing secrets and allowed hosts.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Active signing secrets per partner id; partners not listed sign with `default_secrets`.
+    pub secrets: HashMap<String, Vec<String>>,
+    /// Secrets of partners without their own.
+    pub default_secrets: Vec<String>,
+    /// Hosts partner URLs may point at.
+    pub allowed_hosts: Vec<String>,
+    /// Most ids a lane keeps in memory; the rest wait in its outbox.
+    pub max_queued: usize,
+}
+
+/// The demo's signing secret, used when the server is given none.
+pub const DEMO_SECRET: &str = "redrain-demo-secret";
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            secrets: HashMap::new(),
+            default_secrets: vec![DEMO_SECRET.to_string()],
+            allowed_hosts: vec!["127.0.0.1".into(), "localhost".into(), "[::1]".into()],
+            max_queued: 2_000_000,
+        }
+    }
+}
+
+impl DeliverySettings {
+    /// Each configured partner's lane settings on a node owning `share` of every rate: the
+    /// nodes' lanes together never pass a partner's rate or in-flight cap.
+    pub fn partners(&self, config: &Config, share: NodeShare) -> Vec<PartnerSettings> {
+        config
+            .partners
+            .iter()
+            .map(|p| PartnerSettings {
+                id: p.id.to_string(),
+                url: p.url.clone(),
+                rate_per_s: share.rate(p.rate_per_s),
+                max_in_flight: share.rate(p.max_in_flight),
+                timeout_ms: p.timeout_ms.into(),
+                paused: p.paused,
+                retry_deadline_ms: u64::from(p.retry_deadline_s) * 1000,
+                deferred_retry_ms: u64::from(p.deferred_retry_s) * 1000,
+                secrets: self
+                    .secrets
+                    .get(p.id.as_str())
+                    .unwrap_or(&self.default_secrets)
+                    .clone(),
+            })
+            .collect()
+    }
+
+    /// Refuses a config whose partner URLs point outside the allowed hosts: `(field, problem)`.
+    pub fn check_hosts(&self, config: &Config) -> Result<(), (String, String)> {
+        for (i, p) in config.partners.iter().enumerate() {
+            let host = p
+                .url
+                .parse::<hyper::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_string))
+                .unwrap_or_default();
+            if !self
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(&host))
+            {
+                return Err((
+                    format!("partners[{i}].url"),
+                    format!(
+                        "host {host:?} is not an allowed partner host ({}); start the engine with --partner-host {host} to allow it",
+                        self.allowed_hosts.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Most redelivery requests a user may make per window.
+pub const MAX_ASKS: u32 = 5;
+/// The redelivery rate window.
+pub const ASK_WINDOW_MS: u64 = 60_000;
+/// Users tracked at once; older windows are forgotten first when full.
+const MAX_ASKERS: usize = 100_000;
+
+/// Per-user limit on "deliver it again" requests: at most [`MAX_ASKS`] per [`ASK_WINDOW_MS`].
+#[derive(Debug, Default)]
+pub struct AskLimiter {
+    users: parking_lot::Mutex<HashMap<String, (u64, u32)>>,
+}
+
+impl AskLimiter {
+    /// Counts one request of `user` at `now_ms`; `false` when the user is over the limit.
+    pub fn allow(&self, user: &str, now_ms: u64) -> bool {
+        let mut users = self.users.lock();
+        if users.len() >= MAX_ASKERS && !users.contains_key(user) {
+            users.retain(|_, (start, _)| now_ms < *start + ASK_WINDOW_MS);
+            if users.len() >= MAX_ASKERS {
+                return false; // every tracked user is inside its window: refuse rather than forget
+            }
+        }
+        let entry = users.entry(user.to_string()).or_insert((now_ms, 0));
+        if now_ms >= entry.0 + ASK_WINDOW_MS {
+            *entry = (now_ms, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= MAX_ASKS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asks_are_limited_per_user_and_window() {
+        let l = AskLimiter::default();
+        for _ in 0..MAX_ASKS {
+            assert!(l.allow("u", 1_000));
+        }
+        assert!(!l.allow("u", 1_001));
+        assert!(l.allow("v", 1_001));
+        assert!(l.allow("u", 1_000 + ASK_WINDOW_MS));
+    }
+}
