@@ -156,6 +156,16 @@ impl std::fmt::Debug for Deliveries {
     }
 }
 
+/// One request's place in its lane's in-flight count, given back when dropped.
+struct InFlight<'a>(&'a Lane);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.wake.notify_one();
+    }
+}
+
 /// What a partner's answer means for the delivery.
 #[derive(Debug, PartialEq)]
 enum Answer {
@@ -257,10 +267,11 @@ impl Deliveries {
             .get(&rec.partner)
             .ok_or_else(|| DeliveryError::NoPartner(rec.partner.clone()))?;
         let now = now_ms();
+        let was = rec.state;
         rec.state = State::Pending;
         rec.next_at_ms = 0;
         rec.deadline_ms = now + lane.settings.load().retry_deadline_ms;
-        self.store.save(rec.clone()).await?;
+        self.store.save(rec.clone(), was).await?;
         lane.queue.lock().push(id);
         lane.wake.notify_one();
         Ok(rec)
@@ -412,9 +423,7 @@ impl Deliveries {
         settings: Arc<PartnerSettings>,
         id: DeliveryId,
     ) {
-        let outcome = self.attempt(&lane, &settings, id).await;
-        lane.in_flight.fetch_sub(1, Ordering::SeqCst);
-        lane.wake.notify_one();
+        let outcome = self.attempt(&lane, &settings, id, InFlight(&lane)).await;
         if let Err(e) = outcome {
             tracing::error!(%id, error = %e, "recording a delivery failed; it is tried again");
             lane.queue.lock().push_at(now_ms() + STORE_RETRY_MS, id);
@@ -429,12 +438,14 @@ impl Deliveries {
         lane: &Lane,
         settings: &PartnerSettings,
         id: DeliveryId,
+        in_flight: InFlight<'_>,
     ) -> Result<(), StoreError> {
         let Some(mut rec) = self.store.load(id)? else {
             tracing::warn!(%id, "queued delivery has no record");
             return Ok(());
         };
         let now = now_ms();
+        let was = rec.state;
         let due = match rec.state {
             State::Pending => true,
             State::Retrying | State::Deferred => rec.next_at_ms <= now,
@@ -447,6 +458,9 @@ impl Deliveries {
             Some(uri) => self.request(uri.clone(), settings, &rec, now).await,
             None => Answer::Refused(format!("partner url {} is not a valid URI", settings.url)),
         };
+        // The partner has answered: the lane may send the next request while this answer is
+        // made durable (the id stays busy until then).
+        drop(in_flight);
         let now = now_ms();
         rec.attempts += 1;
         let deadline = if rec.deadline_ms == 0 {
@@ -491,7 +505,7 @@ impl Deliveries {
             }
         }
         let (state, created_ms) = (rec.state, rec.created_ms);
-        self.store.save(rec).await?;
+        self.store.save(rec, was).await?;
         let counter = match state {
             State::Delivered => {
                 let _ = lane

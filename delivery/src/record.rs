@@ -8,6 +8,22 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeliveryId(pub [u8; 12]);
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_through_hex() {
+        let id = DeliveryId([0, 1, 0x7f, 0x80, 0xff, 0xab, 2, 3, 4, 5, 6, 0xfe]);
+        assert_eq!(id.to_string(), "00017f80ffab0203040506fe");
+        assert_eq!(DeliveryId::parse(&id.to_string()), Some(id));
+        assert_eq!(DeliveryId::parse("00017F80FFAB0203040506FE"), Some(id));
+        assert_eq!(DeliveryId::parse("00017f80ffab0203040506f"), None);
+        assert_eq!(DeliveryId::parse("00017f80ffab0203040506fg"), None);
+        assert_eq!(DeliveryId::parse("+0017f80ffab0203040506fe"), None);
+    }
+}
+
 impl DeliveryId {
     /// Parses 24 lowercase or uppercase hex digits.
     pub fn parse(s: &str) -> Option<Self> {
@@ -15,10 +31,10 @@ impl DeliveryId {
         if b.len() != 24 {
             return None;
         }
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
         let mut out = [0u8; 12];
         for (i, pair) in b.chunks(2).enumerate() {
-            let hex = std::str::from_utf8(pair).ok()?;
-            out[i] = u8::from_str_radix(hex, 16).ok()?;
+            out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
         }
         Some(DeliveryId(out))
     }
@@ -26,10 +42,13 @@ impl DeliveryId {
 
 impl std::fmt::Display for DeliveryId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 24];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 15)];
         }
-        Ok(())
+        f.write_str(std::str::from_utf8(&out).expect("hex digits are ASCII"))
     }
 }
 
@@ -174,9 +193,10 @@ pub struct StoreError(pub String);
 pub trait Store: Send + Sync + 'static {
     /// The record of one delivery.
     fn load(&self, id: DeliveryId) -> Result<Option<Record>, StoreError>;
-    /// Writes a record durably, and files it by state: open deliveries in the partner's
-    /// outbox, dead ones in its dead letters, delivered ones in neither.
-    fn save(&self, record: Record) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// Writes a record that is stored with state `was`, durably, and files it by its state:
+    /// open deliveries in the partner's outbox, dead ones in its dead letters, delivered ones
+    /// in neither.
+    fn save(&self, record: Record, was: State) -> BoxFuture<'static, Result<(), StoreError>>;
     /// A partner's outbox (open deliveries) in id order: each id with when it is due (0: now;
     /// [`NOT_SCHEDULED`]: only when the user or an operator asks).
     fn outbox(&self, partner: &str) -> Result<Vec<(DeliveryId, u64)>, StoreError>;

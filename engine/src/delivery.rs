@@ -28,35 +28,30 @@ pub fn dead_key(partner: &str, id: &str) -> Vec<u8> {
     [b"x\0", partner.as_bytes(), b"\0", id.as_bytes()].concat()
 }
 
-/// The ops that store `record` and file it by its state.
-pub fn record_ops(record: &Record) -> Vec<Op> {
-    let (open, dead) = (
-        outbox_key(&record.partner, &record.win_id),
-        dead_key(&record.partner, &record.win_id),
-    );
+/// The ops that store `record` and file it by its state; `was` is the state it is stored with
+/// now (`None`: a new record), so only keys that exist are deleted.
+pub fn record_ops(record: &Record, was: Option<State>) -> Vec<Op> {
+    let open = || outbox_key(&record.partner, &record.win_id);
+    let dead = || dead_key(&record.partner, &record.win_id);
     let json = serde_json::to_vec(record).expect("plain struct");
     let mut ops = vec![Op::Put(
         Cf::Deliveries,
         record.win_id.as_bytes().to_vec(),
         json,
     )];
-    match record.state {
-        State::Pending | State::Retrying | State::Deferred => {
-            ops.push(Op::Put(
-                Cf::Outbox,
-                open,
-                record.due_ms().to_le_bytes().to_vec(),
-            ));
-            ops.push(Op::Delete(Cf::Outbox, dead));
-        }
-        State::Dead => {
-            ops.push(Op::Delete(Cf::Outbox, open));
-            ops.push(Op::Put(Cf::Outbox, dead, Vec::new()));
-        }
-        State::Delivered => {
-            ops.push(Op::Delete(Cf::Outbox, open));
-            ops.push(Op::Delete(Cf::Outbox, dead));
-        }
+    if record.state.is_open() {
+        ops.push(Op::Put(
+            Cf::Outbox,
+            open(),
+            record.due_ms().to_le_bytes().to_vec(),
+        ));
+    } else if was.is_some_and(State::is_open) {
+        ops.push(Op::Delete(Cf::Outbox, open()));
+    }
+    if record.state == State::Dead {
+        ops.push(Op::Put(Cf::Outbox, dead(), Vec::new()));
+    } else if was == Some(State::Dead) {
+        ops.push(Op::Delete(Cf::Outbox, dead()));
     }
     ops
 }
@@ -91,11 +86,11 @@ impl Store for RocksStore {
             .transpose()
     }
 
-    fn save(&self, record: Record) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn save(&self, record: Record, was: State) -> BoxFuture<'static, Result<(), StoreError>> {
         let storage = self.0.clone();
         Box::pin(async move {
             storage
-                .commit(record_ops(&record))
+                .commit(record_ops(&record, Some(was)))
                 .await
                 .map_err(|e| StoreError(e.to_string()))
         })

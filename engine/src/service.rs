@@ -380,7 +380,7 @@ impl DrawService {
                 win_key(c.user, now_ms, &view.win_id),
                 serde_json::to_vec(&record).map_err(ApiError::internal)?,
             ));
-            ops.extend(crate::delivery::record_ops(&delivery));
+            ops.extend(crate::delivery::record_ops(&delivery, None));
             ops.push(Op::Add(
                 Cf::Counters,
                 counter_key(prize.id.as_str(), occurrence),
