@@ -7,10 +7,12 @@
 //! tune and nothing to overshoot. Unused room does not carry over.
 //!
 //! Two refinements keep the bound true at the receiver, not just at the sender:
-//! - **Guard band.** No request starts in the last [`GUARD_MS`] of a slot, so a request's
-//!   transit and the receiver's scheduling may take that long without it landing in the
-//!   receiver's next slot on top of that slot's own share (sender and receiver read the same
-//!   wall clock on one host, and near enough across hosts for 100 ms windows).
+//! - **Tail carry.** A request started in the last [`GUARD_MS`] of a slot may land in the
+//!   receiver's next slot (transit, scheduling; sender and receiver read the same wall clock
+//!   on one host, and near enough across hosts for 100 ms windows). So it counts against both
+//!   slots: the next slot opens with those requests already used, and the tail of a slot may
+//!   not start more than the next slot's share. Whichever slot the receiver counts it in, no
+//!   slot sees more than its share, and a request due near a slot's end is not held back.
 //! - **Slow-down.** A 429, a 5xx or a timeout halves the lane's rate (at most once per slot, so
 //!   one burst of failures counts once), down to 1/16 of the configured rate; `Retry-After`
 //!   stops the lane until then. Each later slot that sends without trouble gives back 1/32 of
@@ -18,7 +20,7 @@
 
 use quota::limiter::{slot_of, slot_share, SLOT_MS};
 
-/// No request starts in the last this many ms of a slot.
+/// Requests started in the last this many ms of a slot also count against the next slot.
 pub const GUARD_MS: u64 = 15;
 /// Speed is kept in 1/1024ths of the configured rate.
 const FULL: u32 = 1024;
@@ -37,6 +39,8 @@ pub struct Throttle {
     slot: u64,
     share: u32,
     used: u32,
+    /// Requests started in this slot's last [`GUARD_MS`].
+    tail: u32,
     slot_troubled: bool,
     paused_until_ms: u64,
 }
@@ -50,6 +54,7 @@ impl Throttle {
             slot: u64::MAX,
             share: 0,
             used: 0,
+            tail: 0,
             slot_troubled: false,
             paused_until_ms: 0,
         }
@@ -81,9 +86,16 @@ impl Throttle {
         if self.slot != u64::MAX && self.used > 0 && !self.slot_troubled {
             self.speed = (self.speed + RECOVERY).min(FULL);
         }
+        // The previous slot's tail may land in this one: it is already used.
+        let carried = if slot == self.slot.wrapping_add(1) {
+            self.tail
+        } else {
+            0
+        };
         self.slot = slot;
         self.share = slot_share(self.current_rate(), slot);
-        self.used = 0;
+        self.used = carried;
+        self.tail = 0;
         self.slot_troubled = false;
     }
 
@@ -94,8 +106,14 @@ impl Throttle {
         }
         self.open(now_ms);
         let next_slot = (self.slot + 1) * SLOT_MS;
-        if now_ms + GUARD_MS >= next_slot || self.used >= self.share {
+        if self.used >= self.share {
             return Err(next_slot);
+        }
+        if now_ms + GUARD_MS >= next_slot {
+            if self.tail >= slot_share(self.current_rate(), self.slot + 1) {
+                return Err(next_slot);
+            }
+            self.tail += 1;
         }
         self.used += 1;
         Ok(())
@@ -137,10 +155,23 @@ mod tests {
     }
 
     #[test]
-    fn nothing_starts_in_the_guard_band() {
-        let mut t = Throttle::new(1000);
-        assert_eq!(t.try_take(100 - GUARD_MS), Err(100));
-        assert!(t.try_take(100).is_ok());
+    fn requests_started_in_a_slots_tail_count_against_the_next_slot() {
+        let mut t = Throttle::new(50); // 5 per slot
+        for _ in 0..3 {
+            t.try_take(100 - GUARD_MS).unwrap();
+        }
+        let mut next = 0;
+        while t.try_take(100).is_ok() {
+            next += 1;
+        }
+        assert_eq!(next, 2, "the tail's 3 already used the next slot's 5");
+        // A slot's tail never starts more than the next slot's share.
+        let mut t = Throttle::new(50);
+        let mut tail = 0;
+        while t.try_take(1_000 - GUARD_MS).is_ok() {
+            tail += 1;
+        }
+        assert_eq!(tail, 5);
     }
 
     #[test]
