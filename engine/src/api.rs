@@ -198,6 +198,7 @@ pub fn routes(
             },
         );
     let redrive_dead = admin
+        .clone()
         .and(warp::path!(
             "delivery" / "partners" / String / "redrive-dead"
         ))
@@ -218,6 +219,46 @@ pub fn routes(
             },
         );
 
+    let reconciliation = admin
+        .clone()
+        .and(warp::path!("reconciliation"))
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .then(
+            |auth: Option<String>, app: Arc<App>, q: HashMap<String, String>| async move {
+                let result = async {
+                    authorize(&app, auth.as_deref())?;
+                    let run = match q.get("run").map(String::as_str) {
+                        None | Some("false") => false,
+                        Some("true") => true,
+                        Some(other) => {
+                            return Err(ApiError::field(
+                                "run",
+                                format!("must be true or false, got {other:?}"),
+                            ))
+                        }
+                    };
+                    let latest = app.reconciliation.lock().clone();
+                    let report = match latest {
+                        Some(r) if !run => r,
+                        _ => reconcile_now(&app).await?,
+                    };
+                    json_ok(&*report)
+                };
+                result.await.unwrap_or_else(|e| error_reply(&e))
+            },
+        );
+    let reconcile_redrive = admin
+        .and(warp::path!("reconciliation" / "redrive"))
+        .and(warp::post())
+        .then(|auth: Option<String>, app: Arc<App>| async move {
+            let result = async {
+                authorize(&app, auth.as_deref())?;
+                redrive_mismatches(&app).await
+            };
+            result.await.unwrap_or_else(|e| error_reply(&e))
+        });
+
     // Boxed: one more level of nested filter types overflows the compiler's recursion limit.
     let delivery = redeliver
         .or(delivery_stats)
@@ -225,6 +266,10 @@ pub fn routes(
         .or(redrive_one)
         .unify()
         .or(redrive_dead)
+        .unify()
+        .or(reconciliation)
+        .unify()
+        .or(reconcile_redrive)
         .unify()
         .boxed();
 
@@ -283,6 +328,64 @@ async fn redeliver(app: &App, win: &str, body: Result<Bytes, ApiError>) -> Resul
         .await
         .map_err(delivery_error)?;
     json_ok(&json!({"win_id": rec.win_id, "status": rec.state.user_view()}))
+}
+
+/// Reconciles this node's ledger now, off the async workers.
+async fn reconcile_now(app: &Arc<App>) -> Result<Arc<crate::reconcile::Report>, ApiError> {
+    let a = app.clone();
+    tokio::task::spawn_blocking(move || a.reconcile())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::unavailable)
+}
+
+/// Reconciles now, then closes what re-driving can close: a win without a delivery record gets
+/// a pending one (unless one exists by now), a dead delivery is sent again. Idempotent: a
+/// second run finds nothing left to create, and re-driving a pending delivery changes nothing.
+async fn redrive_mismatches(app: &Arc<App>) -> Result<Reply, ApiError> {
+    let report = reconcile_now(app).await?;
+    let svc = &app.service;
+    let mut created = 0;
+    for win in &report.missing_wins {
+        let id = &win.view.win_id;
+        let Some(did) = redrain_delivery::record::DeliveryId::parse(id) else {
+            continue;
+        };
+        if svc
+            .storage
+            .get(Cf::Deliveries, id.as_bytes())
+            .map_err(ApiError::unavailable)?
+            .is_some()
+        {
+            continue;
+        }
+        let rec = redrain_delivery::record::Record::pending(
+            id.clone(),
+            win.user.clone(),
+            win.partner.clone(),
+            win.view.prize.clone(),
+            win.view.amount_cents,
+            win.view.sku.clone(),
+            win.view.at_ms,
+        );
+        svc.storage
+            .commit(crate::delivery::record_ops(&rec, None))
+            .await
+            .map_err(ApiError::unavailable)?;
+        svc.deliveries.enqueue(&win.partner, did);
+        created += 1;
+    }
+    let mut redriven = 0;
+    for id in &report.mismatches.dead {
+        if let Some(did) = redrain_delivery::record::DeliveryId::parse(id) {
+            svc.deliveries
+                .redrive(did, None)
+                .await
+                .map_err(delivery_error)?;
+            redriven += 1;
+        }
+    }
+    json_ok(&json!({"created": created, "redriven": redriven}))
 }
 
 /// A delivery (win) id from a path; 400 naming `win_id` when it is not one.

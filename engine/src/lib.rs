@@ -13,6 +13,7 @@
 //! - [`delivery`]: the partner lanes' records in RocksDB, their settings, allowed hosts.
 //! - [`collect`]: shipping ledger segments to a collector, and the collector.
 //! - [`ledger`]: the append-only ledger: CRC-checked segment files, group commit, recovery.
+//! - [`reconcile`]: wins, counters and deliveries reconciled from ledgers.
 //! - [`storage`]: RocksDB column families and the group-commit writer.
 //! - [`userlock`]: per-user serialization without a global lock.
 //! - [`cache`]: the bounded in-process cache of user standings.
@@ -39,6 +40,7 @@ pub mod error;
 pub mod ledger;
 pub mod load;
 pub mod metrics;
+pub mod reconcile;
 pub mod server;
 pub mod service;
 pub mod storage;

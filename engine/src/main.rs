@@ -62,6 +62,16 @@ enum Command {
     },
     /// Run a simulated delivery partner (signature checks, capacity, failures; docs/partners.md).
     PartnerSim(PartnerSimArgs),
+    /// Reconcile wins, counters and deliveries from ledgers (a node's data or ledger dir, or a
+    /// collector's dir); prints a table (or JSON) and exits non-zero on a mismatch.
+    Reconcile {
+        /// Ledger, data or collector directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,6 +155,10 @@ struct ServeArgs {
     /// Most deliveries a partner lane keeps in memory; the rest wait in its durable outbox.
     #[arg(long, default_value_t = 2_000_000)]
     max_queued: usize,
+    /// How often reconciliation runs over this node's ledger (its latest result is served at
+    /// /admin/api/reconciliation).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    reconcile_every: Duration,
 }
 
 /// Server delivery settings from `serve`'s flags.
@@ -206,6 +220,7 @@ fn main() -> ExitCode {
             command: LedgerCommand::Dump { dir, from },
         } => dump_ledger(&dir, from),
         Command::PartnerSim(args) => partner_sim(args),
+        Command::Reconcile { paths, json } => reconcile(&paths, json),
     };
     match result {
         Ok(code) => code,
@@ -454,6 +469,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         share,
         seed: args.seed.unwrap_or_else(rand::random),
         delivery,
+        reconcile_every: args.reconcile_every,
     };
     let rt = runtime(args.threads)?;
     rt.block_on(async {
@@ -556,6 +572,21 @@ fn parse_latency_ms(s: &str) -> Result<(u64, u64), String> {
         (Ok(min), Ok(max)) if min <= max => Ok((min, max)),
         _ => Err(bad()),
     }
+}
+
+fn reconcile(paths: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
+    let report = redrain::reconcile::reconcile(paths, quota::clock::Clock::now_ms(&SystemClock))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", redrain::reconcile::table(&report));
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn partner_sim(args: PartnerSimArgs) -> anyhow::Result<ExitCode> {

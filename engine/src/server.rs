@@ -42,6 +42,8 @@ pub struct Settings {
     pub seed: u64,
     /// Partner secrets, allowed hosts, lane bounds.
     pub delivery: DeliverySettings,
+    /// How often reconciliation runs.
+    pub reconcile_every: Duration,
 }
 
 /// The running engine, shared by every request.
@@ -53,6 +55,24 @@ pub struct App {
     pub admin_token: String,
     /// Per-user limit on "deliver it again" requests.
     pub asks: crate::delivery::AskLimiter,
+    /// The data dir (its `ledger/` is reconciled).
+    pub data_dir: PathBuf,
+    /// How often reconciliation runs.
+    pub reconcile_every: Duration,
+    /// The latest reconciliation report.
+    pub reconciliation: parking_lot::Mutex<Option<Arc<crate::reconcile::Report>>>,
+}
+
+impl App {
+    /// Reconciles this node's ledger now (blocking: reads every segment) and keeps the report.
+    pub fn reconcile(&self) -> Result<Arc<crate::reconcile::Report>, String> {
+        let report = Arc::new(crate::reconcile::reconcile(
+            &[self.data_dir.join("ledger")],
+            self.service.clock.now_ms(),
+        )?);
+        *self.reconciliation.lock() = Some(report.clone());
+        Ok(report)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -142,6 +162,7 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
             settings.delivery.max_queued,
         ),
         delivery_settings: settings.delivery.clone(),
+        unrecorded: Default::default(),
     });
     if seq.0 == 0 {
         // A fresh data dir: make the file's config durable as SeqNo 1.
@@ -163,6 +184,9 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         service,
         admin_token: settings.admin_token.clone(),
         asks: Default::default(),
+        data_dir: settings.data_dir.clone(),
+        reconcile_every: settings.reconcile_every,
+        reconciliation: Default::default(),
     })
 }
 
@@ -268,11 +292,47 @@ pub async fn run(
     drain: Duration,
 ) {
     let refresher = tokio::spawn(refresh_regions(app.clone()));
+    let reconciler = tokio::spawn(reconcile_on_schedule(app.clone()));
+    let tallier = tokio::spawn(record_unrecorded(app.clone()));
     configure_lanes(&app.service, &app.service.store.load().config);
-    let deliveries = app.service.deliveries.clone();
+    let service = app.service.clone();
     serve(listener, crate::api::routes(app), shutdown, drain).await;
-    deliveries.shutdown();
+    tallier.abort();
+    let slot = quota::limiter::slot_of(service.clock.now_ms());
+    if let Err(e) = service.record_unrecorded(slot).await {
+        tracing::error!(error = %e, "recording the last no-change draws failed");
+    }
+    service.deliveries.shutdown();
     refresher.abort();
+    reconciler.abort();
+}
+
+/// Every 100 ms slot, records the slot's draws that changed nothing as one ledger record.
+async fn record_unrecorded(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(quota::limiter::SLOT_MS));
+    loop {
+        tick.tick().await;
+        let slot = quota::limiter::slot_of(app.service.clock.now_ms());
+        if let Err(e) = app.service.record_unrecorded(slot).await {
+            tracing::error!(error = %e, "recording the slot's no-change draws failed; retried next slot");
+        }
+    }
+}
+
+/// Runs reconciliation every `reconcile_every`, keeping the latest report.
+async fn reconcile_on_schedule(app: Arc<App>) {
+    loop {
+        tokio::time::sleep(app.reconcile_every).await;
+        let a = app.clone();
+        match tokio::task::spawn_blocking(move || a.reconcile()).await {
+            Ok(Ok(r)) if !r.ok => {
+                tracing::warn!(mismatches = ?r.mismatches, "reconciliation found mismatches")
+            }
+            Ok(Ok(_)) => tracing::info!("reconciliation ok"),
+            Ok(Err(e)) => tracing::error!(error = %e, "reconciliation failed"),
+            Err(e) => tracing::error!(error = %e, "reconciliation panicked"),
+        }
+    }
 }
 
 /// Brings the partner lanes in line with a published config.

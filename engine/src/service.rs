@@ -1,5 +1,6 @@
 //! The draw service: load the user's standing, plan the draw, make it durable, answer.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -169,6 +170,46 @@ pub struct DrawService {
     pub deliveries: Arc<redrain_delivery::lanes::Deliveries>,
     /// Signing secrets, allowed partner hosts, queue bounds.
     pub delivery_settings: crate::delivery::DeliverySettings,
+    /// Draws that changed nothing (so wrote nothing), by round and outcome, since the last
+    /// per-slot ledger record of them.
+    pub unrecorded: parking_lot::Mutex<HashMap<(String, usize), u64>>,
+}
+
+/// Meta key prefix of the running totals of draws that changed nothing: `drawn/{round}/{outcome}`.
+pub const DRAWN_PREFIX: &str = "drawn/";
+/// Meta key of the last slot whose no-change draws were recorded.
+pub const DRAWN_SLOT_KEY: &[u8] = b"drawn_slot";
+
+impl DrawService {
+    /// Makes the draws that changed nothing since the last call one ledger record (the 100 ms
+    /// slot `slot`'s aggregate: `+n` per round and outcome); nothing when there were none.
+    pub async fn record_unrecorded(&self, slot: u64) -> Result<(), crate::storage::StorageError> {
+        let tally = std::mem::take(&mut *self.unrecorded.lock());
+        if tally.is_empty() {
+            return Ok(());
+        }
+        let mut ops = vec![Op::Put(
+            Cf::Meta,
+            DRAWN_SLOT_KEY.to_vec(),
+            slot.to_le_bytes().to_vec(),
+        )];
+        for ((round, outcome), n) in &tally {
+            let key = format!(
+                "{DRAWN_PREFIX}{round}/{}",
+                crate::metrics::OUTCOMES[*outcome]
+            );
+            ops.push(Op::Add(Cf::Meta, key.into_bytes(), *n));
+        }
+        let written = self.storage.commit(ops).await;
+        if written.is_err() {
+            // Put the counts back so the next slot's record carries them.
+            let mut now = self.unrecorded.lock();
+            for (k, n) in tally {
+                *now.entry(k).or_default() += n;
+            }
+        }
+        written
+    }
 }
 
 impl DrawService {
@@ -253,6 +294,11 @@ impl DrawService {
             .filter(|s| *s != loaded || !plan.wins.is_empty() || plan.outcome == Outcome::None)
         else {
             self.metrics.draws[outcome_index].fetch_add(1, Relaxed);
+            *self
+                .unrecorded
+                .lock()
+                .entry((round.id.to_string(), outcome_index))
+                .or_default() += 1;
             return serde_json::to_vec(&response).map_err(ApiError::internal);
         };
 

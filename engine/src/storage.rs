@@ -178,7 +178,7 @@ impl Storage {
                 o.set_memtable_whole_key_filtering(true);
                 o.set_memtable_prefix_bloom_ratio(0.1);
             }
-            if matches!(cf, Cf::Counters | Cf::Drops) {
+            if matches!(cf, Cf::Counters | Cf::Drops | Cf::Meta) {
                 o.set_merge_operator_associative("add_u64", add_merge);
             }
             ColumnFamilyDescriptor::new(*name, o)

@@ -238,13 +238,18 @@ async fn a_lane_keeps_its_slot_share_and_in_flight_cap_and_delivers_each_win_onc
         s.max_per_slot >= 2,
         "the lane did send in bursts up to its share"
     );
+    // The lane counts a delivery once its state is durable, just after the record shows it.
+    eventually("the lane counted every delivery", || async {
+        let mut c = server.conn().await;
+        lane(&mut c, "coupons").await["delivered"] == 400
+    })
+    .await;
     let m = common::metrics(&mut c).await;
     assert_eq!(
         common::metric(&m, "redrain_deliveries_total{partner=\"coupons\"}"),
         400.0
     );
     let l = lane(&mut c, "coupons").await;
-    assert_eq!(l["delivered"], 400);
     assert_eq!(l["queued"], 0);
     assert_eq!(l["in_flight"], 0);
     server.stop().await;
@@ -325,8 +330,13 @@ async fn garbage_huge_and_slow_answers_do_not_stall_the_lane() {
         s.duplicates > 0,
         "slow answers timed out and were resent with the same key"
     );
+    // The lane counts a delivery once its state is durable, just after the record shows it.
+    eventually("the lane counted every delivery", || async {
+        let mut c = server.conn().await;
+        lane(&mut c, "coupons").await["delivered"] == 80
+    })
+    .await;
     let l = lane(&mut c, "coupons").await;
-    assert_eq!(l["delivered"], 80);
     assert!(l["failures"].as_u64().unwrap() > 0, "timeouts were counted");
     server.stop().await;
 }
@@ -428,7 +438,11 @@ async fn dead_letters_are_redriven_by_an_operator() {
     })
     .await;
     assert_eq!(wrong.summary().bad_signature, 20);
-    assert_eq!(lane(&mut c, "coupons").await["dead"], 20);
+    eventually("the lane counted every dead letter", || async {
+        let mut c = server.conn().await;
+        lane(&mut c, "coupons").await["dead"] == 20
+    })
+    .await;
 
     // The operator points the partner at the right endpoint and re-drives its dead letters.
     let fixed = config(
@@ -738,4 +752,205 @@ async fn partner_urls_must_point_at_allowed_hosts() {
     assert_eq!(common::config_seq(&mut c).await, seq, "nothing published");
     let _ = get_ok(&mut c, "/healthz").await;
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_reports_lost_and_failed_deliveries_and_the_redrive_closes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let wallet = Partner::start(SimOptions::default()).await;
+    let wrong = Sim::new(SimOptions {
+        secrets: vec!["another-secret-0123456789".into()],
+        ..SimOptions::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let wrong_url = format!("http://{}/deliver", listener.local_addr().unwrap());
+    tokio::spawn(sim::serve(listener, wrong.clone(), std::future::pending()));
+    let right = Partner::start(SimOptions::default()).await;
+    let cfg = config(
+        &partners(&wallet.url(), &wrong_url, 1000, 8, 1000, ""),
+        20,
+        0,
+        0,
+    );
+    let server = Server::with_config(dir.path(), &cfg, now()).await;
+    let mut c = server.conn().await;
+    let ids = draw_wins(&mut c, 2).await;
+    eventually("every delivery failed", || async {
+        let mut c = server.conn().await;
+        statuses(&mut c, 2).await.iter().all(|s| s == "failed")
+    })
+    .await;
+    // One delivery record is lost (as a lost write or a bug would lose it).
+    let lost = ids.iter().next().unwrap().clone();
+    server
+        .app()
+        .service
+        .storage
+        .commit(vec![
+            redrain::storage::Op::Delete(
+                redrain::storage::Cf::Deliveries,
+                lost.clone().into_bytes(),
+            ),
+            redrain::storage::Op::Delete(
+                redrain::storage::Cf::Outbox,
+                redrain::delivery::dead_key("coupons", &lost),
+            ),
+        ])
+        .await
+        .unwrap();
+
+    let path = "/admin/api/reconciliation?run=true";
+    assert_eq!(admin(&mut c, Method::GET, path, None).await.status, 401);
+    let r = admin(
+        &mut c,
+        Method::GET,
+        "/admin/api/reconciliation?run=maybe",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["field"], "run");
+    let r = admin(&mut c, Method::GET, path, Some(TOKEN)).await;
+    assert_eq!(r.status, 200);
+    let report: Value = r.json();
+    assert_eq!(report["ok"], false);
+    let m = &report["mismatches"];
+    assert_eq!(m["wins_without_delivery"], json!([lost]));
+    let dead: BTreeSet<String> = serde_json::from_value(m["dead"].clone()).unwrap();
+    let mut others = ids.clone();
+    others.remove(&lost);
+    assert_eq!(dead, others, "exactly the other 19 are dead");
+    for empty in [
+        "over_issue",
+        "counter_differs",
+        "deliveries_without_win",
+        "duplicate_deliveries",
+    ] {
+        assert_eq!(m[empty], json!([]), "{empty}");
+    }
+    let latte = report["prizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["prize"] == "latte")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            latte["quota"].as_u64(),
+            latte["counter"].as_u64(),
+            latte["wins"].as_u64()
+        ),
+        (Some(20), Some(20), Some(20))
+    );
+    assert_eq!(
+        (
+            latte["dead"].as_u64(),
+            latte["missing"].as_u64(),
+            latte["delivered"].as_u64()
+        ),
+        (Some(19), Some(1), Some(0))
+    );
+
+    // Draws that change nothing are on the ledger too, as per-slot aggregates.
+    let paused = cfg.replace("no_win_weight = 0\n", "no_win_weight = 0\npaused = true\n");
+    assert_ne!(paused, cfg);
+    assert_eq!(
+        publish(&mut c, &paused, "application/toml", Some(TOKEN))
+            .await
+            .status,
+        200
+    );
+    let v = common::draw_ok(&mut c, "r", "late", "q1", 1).await;
+    assert_eq!(v["outcome"], "not_live");
+    eventually("the no-change draw is on the ledger", || async {
+        let mut c = server.conn().await;
+        let report: Value = admin(&mut c, Method::GET, path, Some(TOKEN)).await.json();
+        report["draws"]["r"]["not_live"] == 1
+    })
+    .await;
+    let report: Value = admin(
+        &mut c,
+        Method::GET,
+        "/admin/api/reconciliation",
+        Some(TOKEN),
+    )
+    .await
+    .json();
+    assert_eq!(report["draws"]["r"]["win"], 2, "two requests won");
+
+    // Fix the partner, re-drive what reconciliation found; a second re-drive finds nothing.
+    let fixed = config(
+        &partners(&wallet.url(), &right.url(), 1000, 8, 1000, ""),
+        20,
+        0,
+        0,
+    );
+    assert_eq!(
+        publish(&mut c, &fixed, "application/toml", Some(TOKEN))
+            .await
+            .status,
+        200
+    );
+    let r = admin(
+        &mut c,
+        Method::POST,
+        "/admin/api/reconciliation/redrive",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json(), json!({"created": 1, "redriven": 19}));
+    eventually("every win is delivered", || async {
+        right.applied() == ids
+    })
+    .await;
+    eventually("reconciliation is clean", || async {
+        let mut c = server.conn().await;
+        let report: Value = admin(&mut c, Method::GET, path, Some(TOKEN)).await.json();
+        report["ok"] == true
+            && report["prizes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["prize"] == "latte" && p["delivered"] == 20)
+    })
+    .await;
+    let r = admin(
+        &mut c,
+        Method::POST,
+        "/admin/api/reconciliation/redrive",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.json(), json!({"created": 0, "redriven": 0}));
+    assert_eq!(right.sim.summary().duplicates, 0);
+
+    // The CLI reads the same ledger and agrees.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redrain"))
+        .args(["reconcile", "--json"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["ok"], true);
+    assert_eq!(cli["prizes"], report_prizes(&mut c).await);
+    server.stop().await;
+}
+
+async fn report_prizes(c: &mut Conn) -> Value {
+    let r: Value = admin(
+        c,
+        Method::GET,
+        "/admin/api/reconciliation?run=true",
+        Some(TOKEN),
+    )
+    .await
+    .json();
+    r["prizes"].clone()
 }

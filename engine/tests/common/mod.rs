@@ -174,6 +174,7 @@ impl Server {
             share,
             seed: SEED,
             delivery: Default::default(),
+            reconcile_every: Duration::from_secs(3600),
         };
         let app = Arc::new(open(&settings, clock.clone()).await);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
