@@ -19,7 +19,11 @@ const BYTES_PER_DRAW: usize = 173;
 const SECRET: &str = "ship-bench-secret-0123456789";
 
 fn main() {
-    let secs = if std::env::args().any(|a| a == "--bench") { 10 } else { 1 };
+    let secs = if std::env::args().any(|a| a == "--bench") {
+        10
+    } else {
+        1
+    };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -62,14 +66,16 @@ async fn run(secs: u64) {
         let tasks: Vec<_> = (0..per_tick)
             .map(|_| {
                 let ledger = ledger.clone();
-                tokio::spawn(async move { ledger.append(vec![(1, vec![7u8; BYTES_PER_DRAW])]).await })
+                tokio::spawn(
+                    async move { ledger.append(vec![(1, vec![7u8; BYTES_PER_DRAW])]).await },
+                )
             })
             .collect();
         for t in tasks {
             t.await.unwrap().unwrap();
         }
         appended += per_tick;
-        if appended % (RATE / 10) == 0 {
+        if appended.is_multiple_of(RATE / 10) {
             samples.push(lag.load(Ordering::Relaxed));
         }
         next += Duration::from_millis(10);
@@ -88,5 +94,8 @@ async fn run(secs: u64) {
         p50 / bytes_per_s,
         max / bytes_per_s
     );
-    assert!(appended as f64 / elapsed > RATE as f64 * 0.9, "the producers kept the rate");
+    assert!(
+        appended as f64 / elapsed > RATE as f64 * 0.9,
+        "the producers kept the rate"
+    );
 }
