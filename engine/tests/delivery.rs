@@ -59,6 +59,68 @@ impl Partner {
     }
 }
 
+/// A partner that knows another secret: it refuses every request with 401, for good.
+async fn wrong_secret_partner() -> (Arc<Sim>, String) {
+    let wrong = Sim::new(SimOptions {
+        secrets: vec!["another-secret-0123456789".into()],
+        ..SimOptions::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/deliver", listener.local_addr().unwrap());
+    tokio::spawn(sim::serve(listener, wrong.clone(), std::future::pending()));
+    (wrong, url)
+}
+
+/// A wallet partner, a coupon partner with `coupons` options whose lane has (rate, in-flight
+/// cap, timeout ms), and an engine whose round's coupon prize has `quota`.
+async fn rig(
+    dir: &Path,
+    coupons: SimOptions,
+    lane: (u32, u32, u32),
+    quota: u64,
+) -> (Partner, Partner, Server) {
+    let wallet = Partner::start(SimOptions::default()).await;
+    let coupons = Partner::start(coupons).await;
+    let (rate, cap, timeout_ms) = lane;
+    let cfg = config(
+        &partners(&wallet.url(), &coupons.url(), rate, cap, timeout_ms, ""),
+        quota,
+        0,
+        0,
+    );
+    let server = Server::with_config(dir, &cfg, now()).await;
+    (wallet, coupons, server)
+}
+
+/// An engine whose coupon partner knows another secret, 20 coupon wins drawn by two users, all
+/// dead; also a wallet partner and a coupon partner that knows the right secret. Returns them,
+/// the win ids and the config.
+async fn all_dead(dir: &Path) -> (Partner, Partner, Server, BTreeSet<String>, String) {
+    let wallet = Partner::start(SimOptions::default()).await;
+    let (wrong, wrong_url) = wrong_secret_partner().await;
+    let right = Partner::start(SimOptions::default()).await;
+    let cfg = config(
+        &partners(&wallet.url(), &wrong_url, 1000, 8, 1000, ""),
+        20,
+        0,
+        0,
+    );
+    let server = Server::with_config(dir, &cfg, now()).await;
+    let mut c = server.conn().await;
+    let ids = draw_wins(&mut c, 2).await;
+    eventually("every delivery is dead", || async {
+        let mut c = server.conn().await;
+        statuses(&mut c, 2).await.iter().all(|s| s == "failed")
+    })
+    .await;
+    assert_eq!(
+        wrong.summary().bad_signature,
+        20,
+        "each was refused once, for good"
+    );
+    (wallet, right, server, ids, cfg)
+}
+
 /// Polls `check` every 20 ms until it holds; the deadline only guards against a hang.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -189,20 +251,17 @@ fn now() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_keeps_its_slot_share_and_in_flight_cap_and_delivers_each_win_once() {
     let dir = tempfile::tempdir().unwrap();
-    let wallet = Partner::start(SimOptions::default()).await;
-    let coupons = Partner::start(SimOptions {
-        latency_min_ms: 1,
-        latency_max_ms: 15,
-        ..SimOptions::default()
-    })
-    .await;
-    let cfg = config(
-        &partners(&wallet.url(), &coupons.url(), 200, 4, 1000, ""),
+    let (_wallet, coupons, server) = rig(
+        dir.path(),
+        SimOptions {
+            latency_min_ms: 1,
+            latency_max_ms: 15,
+            ..SimOptions::default()
+        },
+        (200, 4, 1000),
         400,
-        0,
-        0,
-    );
-    let server = Server::with_config(dir.path(), &cfg, now()).await;
+    )
+    .await;
     let mut c = server.conn().await;
     let ids = draw_wins(&mut c, 40).await;
     assert_eq!(ids.len(), 400);
@@ -258,21 +317,18 @@ async fn a_lane_keeps_its_slot_share_and_in_flight_cap_and_delivers_each_win_onc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_and_429s_are_retried_with_the_same_key_until_taken() {
     let dir = tempfile::tempdir().unwrap();
-    let wallet = Partner::start(SimOptions::default()).await;
-    let coupons = Partner::start(SimOptions {
-        fail_rate: 0.3,
-        throttle_rate: 0.05,
-        seed: 3,
-        ..SimOptions::default()
-    })
-    .await;
-    let cfg = config(
-        &partners(&wallet.url(), &coupons.url(), 1000, 8, 1000, ""),
+    let (_wallet, coupons, server) = rig(
+        dir.path(),
+        SimOptions {
+            fail_rate: 0.3,
+            throttle_rate: 0.05,
+            seed: 3,
+            ..SimOptions::default()
+        },
+        (1000, 8, 1000),
         60,
-        0,
-        0,
-    );
-    let server = Server::with_config(dir.path(), &cfg, now()).await;
+    )
+    .await;
     let mut c = server.conn().await;
     let ids = draw_wins(&mut c, 6).await;
     eventually("every win is applied", || async {
@@ -300,23 +356,20 @@ async fn failures_and_429s_are_retried_with_the_same_key_until_taken() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_huge_and_slow_answers_do_not_stall_the_lane() {
     let dir = tempfile::tempdir().unwrap();
-    let wallet = Partner::start(SimOptions::default()).await;
-    let coupons = Partner::start(SimOptions {
-        garbage_rate: 0.2,
-        huge_rate: 0.2,
-        slow_rate: 0.1,
-        slow_ms: 3_000,
-        seed: 5,
-        ..SimOptions::default()
-    })
-    .await;
-    let cfg = config(
-        &partners(&wallet.url(), &coupons.url(), 1000, 8, 300, ""),
+    let (_wallet, coupons, server) = rig(
+        dir.path(),
+        SimOptions {
+            garbage_rate: 0.2,
+            huge_rate: 0.2,
+            slow_rate: 0.1,
+            slow_ms: 3_000,
+            seed: 5,
+            ..SimOptions::default()
+        },
+        (1000, 8, 300),
         80,
-        0,
-        0,
-    );
-    let server = Server::with_config(dir.path(), &cfg, now()).await;
+    )
+    .await;
     let mut c = server.conn().await;
     let ids = draw_wins(&mut c, 8).await;
     eventually("every win shows delivered", || async {
@@ -344,19 +397,16 @@ async fn garbage_huge_and_slow_answers_do_not_stall_the_lane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_account_defers_until_the_user_asks_again() {
     let dir = tempfile::tempdir().unwrap();
-    let wallet = Partner::start(SimOptions::default()).await;
-    let coupons = Partner::start(SimOptions {
-        require_accounts: true,
-        ..SimOptions::default()
-    })
-    .await;
-    let cfg = config(
-        &partners(&wallet.url(), &coupons.url(), 1000, 8, 1000, ""),
+    let (_wallet, coupons, server) = rig(
+        dir.path(),
+        SimOptions {
+            require_accounts: true,
+            ..SimOptions::default()
+        },
+        (1000, 8, 1000),
         10,
-        0,
-        0,
-    );
-    let server = Server::with_config(dir.path(), &cfg, now()).await;
+    )
+    .await;
     let mut c = server.conn().await;
     let ids: Vec<String> = draw_wins(&mut c, 1).await.into_iter().collect();
     eventually("the wins are deferred", || async {
@@ -412,32 +462,8 @@ async fn no_account_defers_until_the_user_asks_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_redriven_by_an_operator() {
     let dir = tempfile::tempdir().unwrap();
-    let wallet = Partner::start(SimOptions::default()).await;
-    // This partner knows another secret: every request is refused with 401, for good.
-    let wrong = Sim::new(SimOptions {
-        secrets: vec!["another-secret-0123456789".into()],
-        ..SimOptions::default()
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let wrong_url = format!("http://{}/deliver", listener.local_addr().unwrap());
-    tokio::spawn(sim::serve(listener, wrong.clone(), std::future::pending()));
-    let right = Partner::start(SimOptions::default()).await;
-
-    let cfg = config(
-        &partners(&wallet.url(), &wrong_url, 1000, 8, 1000, ""),
-        20,
-        0,
-        0,
-    );
-    let server = Server::with_config(dir.path(), &cfg, now()).await;
+    let (wallet, right, server, ids, _) = all_dead(dir.path()).await;
     let mut c = server.conn().await;
-    let ids = draw_wins(&mut c, 2).await;
-    eventually("every win is dead", || async {
-        let mut c = server.conn().await;
-        statuses(&mut c, 2).await.iter().all(|s| s == "failed")
-    })
-    .await;
-    assert_eq!(wrong.summary().bad_signature, 20);
     eventually("the lane counted every dead letter", || async {
         let mut c = server.conn().await;
         lane(&mut c, "coupons").await["dead"] == 20
@@ -757,29 +783,8 @@ async fn partner_urls_must_point_at_allowed_hosts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_reports_lost_and_failed_deliveries_and_the_redrive_closes_them() {
     let dir = tempfile::tempdir().unwrap();
-    let wallet = Partner::start(SimOptions::default()).await;
-    let wrong = Sim::new(SimOptions {
-        secrets: vec!["another-secret-0123456789".into()],
-        ..SimOptions::default()
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let wrong_url = format!("http://{}/deliver", listener.local_addr().unwrap());
-    tokio::spawn(sim::serve(listener, wrong.clone(), std::future::pending()));
-    let right = Partner::start(SimOptions::default()).await;
-    let cfg = config(
-        &partners(&wallet.url(), &wrong_url, 1000, 8, 1000, ""),
-        20,
-        0,
-        0,
-    );
-    let server = Server::with_config(dir.path(), &cfg, now()).await;
+    let (wallet, right, server, ids, cfg) = all_dead(dir.path()).await;
     let mut c = server.conn().await;
-    let ids = draw_wins(&mut c, 2).await;
-    eventually("every delivery failed", || async {
-        let mut c = server.conn().await;
-        statuses(&mut c, 2).await.iter().all(|s| s == "failed")
-    })
-    .await;
     // One delivery record is lost (as a lost write or a bug would lose it).
     let lost = ids.iter().next().unwrap().clone();
     server
