@@ -254,7 +254,7 @@ impl Deliveries {
         id: DeliveryId,
         user: Option<&str>,
     ) -> Result<Record, DeliveryError> {
-        let mut rec = self
+        let rec = self
             .store
             .load(id)?
             .filter(|r| user.is_none_or(|u| r.user == u))
@@ -266,14 +266,34 @@ impl Deliveries {
         let lane = lanes
             .get(&rec.partner)
             .ok_or_else(|| DeliveryError::NoPartner(rec.partner.clone()))?;
-        let now = now_ms();
-        let was = rec.state;
-        rec.state = State::Pending;
-        rec.next_at_ms = 0;
-        rec.deadline_ms = now + lane.settings.load().retry_deadline_ms;
-        self.store.save(rec.clone(), was).await?;
-        lane.queue.lock().push(id);
-        lane.wake.notify_one();
+        // Claim the id as the lane does for a send, so an answer being recorded cannot
+        // interleave with this change; while it is being sent, its answer decides.
+        if !lane.busy.lock().insert(id) {
+            return Ok(rec);
+        }
+        let result = async {
+            // Read again under the claim: the lane may have moved it on before.
+            let mut rec = self
+                .store
+                .load(id)?
+                .ok_or_else(|| DeliveryError::NotFound(id.to_string()))?;
+            if matches!(rec.state, State::Pending | State::Delivered) {
+                return Ok((rec, false));
+            }
+            let was = rec.state;
+            rec.state = State::Pending;
+            rec.next_at_ms = 0;
+            rec.deadline_ms = now_ms() + lane.settings.load().retry_deadline_ms;
+            self.store.save(rec.clone(), was).await?;
+            Ok::<_, DeliveryError>((rec, true))
+        }
+        .await;
+        lane.busy.lock().remove(&id);
+        let (rec, changed) = result?;
+        if changed {
+            lane.queue.lock().push(id);
+            lane.wake.notify_one();
+        }
         Ok(rec)
     }
 
@@ -344,8 +364,10 @@ impl Deliveries {
                 return;
             }
             let refill = {
+                // Once the ready ids are sent, not when retries due later are too: deferred
+                // ones may wait for hours.
                 let mut q = lane.queue.lock();
-                q.is_empty() && q.take_overflow()
+                q.ready_is_empty() && q.take_overflow()
             };
             if refill {
                 // Even a paused lane reads its outbox, so operators see what it holds.
@@ -424,25 +446,32 @@ impl Deliveries {
         id: DeliveryId,
     ) {
         let outcome = self.attempt(&lane, &settings, id, InFlight(&lane)).await;
-        if let Err(e) = outcome {
-            tracing::error!(%id, error = %e, "recording a delivery failed; it is tried again");
-            lane.queue.lock().push_at(now_ms() + STORE_RETRY_MS, id);
-        }
+        // Out of `busy` first: a copy popped in between would be dropped as a duplicate.
         lane.busy.lock().remove(&id);
+        match outcome {
+            Ok(Some(at)) => {
+                lane.queue.lock().push_at(at, id);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(%id, error = %e, "recording a delivery failed; it is tried again");
+                lane.queue.lock().push_at(now_ms() + STORE_RETRY_MS, id);
+            }
+        }
         lane.wake.notify_one();
     }
 
-    /// Sends one delivery and records the answer.
+    /// Sends one delivery and records the answer; returns when it is due again, if it is.
     async fn attempt(
         &self,
         lane: &Lane,
         settings: &PartnerSettings,
         id: DeliveryId,
         in_flight: InFlight<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         let Some(mut rec) = self.store.load(id)? else {
             tracing::warn!(%id, "queued delivery has no record");
-            return Ok(());
+            return Ok(None);
         };
         let now = now_ms();
         let was = rec.state;
@@ -452,7 +481,7 @@ impl Deliveries {
             State::Delivered | State::Dead => false,
         };
         if !due {
-            return Ok(()); // a stale copy: the record moved on since it was queued
+            return Ok(None); // a stale copy: the record moved on since it was queued
         }
         let answer = match lane.uri.load().as_ref() {
             Some(uri) => self.request(uri.clone(), settings, &rec, now).await,
@@ -519,10 +548,7 @@ impl Deliveries {
             _ => &lane.counts.failures,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if let Some(at) = later {
-            lane.queue.lock().push_at(at, id);
-        }
-        Ok(())
+        Ok(later)
     }
 
     async fn request(

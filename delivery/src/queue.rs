@@ -46,6 +46,11 @@ impl LaneQueue {
         self.ready.len() + self.later.len()
     }
 
+    /// Whether nothing is queued to send as soon as possible (ids due later may be held).
+    pub fn ready_is_empty(&self) -> bool {
+        self.ready.is_empty()
+    }
+
     /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

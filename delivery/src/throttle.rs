@@ -78,10 +78,12 @@ impl Throttle {
         self.rate_per_s
     }
 
-    fn open(&mut self, now_ms: u64) {
+    /// Moves to `now_ms`'s slot; a time from an earlier slot (read before another thread moved
+    /// the throttle on, or a clock stepped back) counts as the current slot, never reopens one.
+    fn open(&mut self, now_ms: u64) -> u64 {
         let slot = slot_of(now_ms);
-        if slot == self.slot {
-            return;
+        if self.slot != u64::MAX && slot <= self.slot {
+            return now_ms.max(self.slot * SLOT_MS);
         }
         if self.slot != u64::MAX && self.used > 0 && !self.slot_troubled {
             self.speed = (self.speed + RECOVERY).min(FULL);
@@ -97,6 +99,7 @@ impl Throttle {
         self.used = carried;
         self.tail = 0;
         self.slot_troubled = false;
+        now_ms
     }
 
     /// Takes room for one request at `now_ms`, or says when to ask again.
@@ -104,7 +107,7 @@ impl Throttle {
         if now_ms < self.paused_until_ms {
             return Err(self.paused_until_ms);
         }
-        self.open(now_ms);
+        let now_ms = self.open(now_ms);
         let next_slot = (self.slot + 1) * SLOT_MS;
         if self.used >= self.share {
             return Err(next_slot);
@@ -122,7 +125,7 @@ impl Throttle {
     /// The partner was in trouble (429, 5xx, timeout): slow down, and wait `retry_after_ms`
     /// (capped at [`MAX_RETRY_AFTER_MS`]) if the partner said so.
     pub fn trouble(&mut self, now_ms: u64, retry_after_ms: Option<u64>) {
-        self.open(now_ms);
+        let now_ms = self.open(now_ms);
         if !self.slot_troubled {
             self.slot_troubled = true;
             self.speed = (self.speed / 2).max(SLOWEST);
@@ -193,6 +196,22 @@ mod tests {
             t.try_take(slot * 100).unwrap();
         }
         assert_eq!(t.current_rate(), 1000);
+    }
+
+    #[test]
+    fn a_time_from_an_earlier_slot_never_reopens_it() {
+        let mut t = Throttle::new(50); // 5 per slot
+        for _ in 0..5 {
+            t.try_take(250).unwrap();
+        }
+        assert_eq!(
+            t.try_take(150),
+            Err(300),
+            "slot 2 is full; slot 1 is not reopened"
+        );
+        t.trouble(120, None);
+        t.trouble(260, None);
+        assert_eq!(t.current_rate(), 25, "both count in slot 2: halved once");
     }
 
     #[test]

@@ -359,7 +359,7 @@ async fn redrive_mismatches(app: &Arc<App>) -> Result<Reply, ApiError> {
         {
             continue;
         }
-        let rec = redrain_delivery::record::Record::pending(
+        let mut rec = redrain_delivery::record::Record::pending(
             id.clone(),
             win.user.clone(),
             win.partner.clone(),
@@ -368,6 +368,17 @@ async fn redrive_mismatches(app: &Arc<App>) -> Result<Reply, ApiError> {
             win.view.sku.clone(),
             win.view.at_ms,
         );
+        // Retries run to the partner's deadline from now, not from the (maybe old) win.
+        let deadline_s = svc
+            .snapshot()
+            .config
+            .partners
+            .iter()
+            .find(|p| p.id.as_str() == win.partner)
+            .map_or(quota::config::DEFAULT_RETRY_DEADLINE_S, |p| {
+                p.retry_deadline_s
+            });
+        rec.deadline_ms = svc.clock.now_ms() + u64::from(deadline_s) * 1000;
         svc.storage
             .commit(crate::delivery::record_ops(&rec, None))
             .await
@@ -666,11 +677,11 @@ fn publish(app: &App, content_type: Option<&str>, body: &[u8]) -> Result<Reply, 
             ..ApiError::new(StatusCode::CONFLICT, "quota_below_issued", e.to_string())
         },
         PublishFailure::Store(PublishError::Persist(_)) => ApiError::unavailable(e),
-        PublishFailure::PartnerHost { ref field, .. } => ApiError {
+        PublishFailure::Partner { ref field, .. } => ApiError {
             field: Some(field.clone()),
             ..ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "partner_host_not_allowed",
+                "invalid_partner",
                 e.to_string(),
             )
         },

@@ -161,9 +161,28 @@ impl DeliverySettings {
             .collect()
     }
 
-    /// Refuses a config whose partner URLs point outside the allowed hosts: `(field, problem)`.
-    pub fn check_hosts(&self, config: &Config) -> Result<(), (String, String)> {
+    /// Refuses a config whose partner URLs point outside the allowed hosts, or whose partner
+    /// rate or in-flight cap would leave a node of `share` with none: `(field, problem)`.
+    pub fn check_partners(
+        &self,
+        config: &Config,
+        share: NodeShare,
+    ) -> Result<(), (String, String)> {
         for (i, p) in config.partners.iter().enumerate() {
+            for (field, value) in [
+                ("rate_per_s", p.rate_per_s),
+                ("max_in_flight", p.max_in_flight),
+            ] {
+                if share.rate(value) == 0 {
+                    return Err((
+                        format!("partners[{i}].{field}"),
+                        format!(
+                            "{value} split over {} engine nodes leaves node {} none; it must be at least {}",
+                            share.count, share.index, share.count
+                        ),
+                    ));
+                }
+            }
             let host = p
                 .url
                 .parse::<hyper::Uri>()

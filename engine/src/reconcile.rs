@@ -86,6 +86,10 @@ pub struct Report {
     /// No over-issue, no counter difference, no win without delivery, no delivery without win,
     /// no duplicate.
     pub ok: bool,
+    /// Counters this node's RocksDB held differently from its ledger at start-up (each set to
+    /// the ledger's value): `cf/key: rocksdb A, ledger B`.
+    #[serde(default)]
+    pub repaired_at_start: Vec<String>,
     /// The wins behind `wins_without_delivery` (what a re-drive needs to create their
     /// deliveries).
     #[serde(skip)]
@@ -342,6 +346,7 @@ fn report(fold: Fold, ledgers: Vec<String>, now_ms: u64) -> Report {
         prizes: lines.into_values().collect(),
         mismatches: m,
         ok,
+        repaired_at_start: Vec::new(),
         missing_wins,
     }
 }
@@ -421,6 +426,9 @@ pub fn table(r: &Report) -> String {
         for item in list {
             let _ = writeln!(out, "{what}: {item}");
         }
+    }
+    for item in &r.repaired_at_start {
+        let _ = writeln!(out, "repaired at start (ledger wins): {item}");
     }
     for (round, outcomes) in &r.draws {
         let list: Vec<String> = outcomes.iter().map(|(o, n)| format!("{o} {n}")).collect();

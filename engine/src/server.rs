@@ -66,10 +66,12 @@ pub struct App {
 impl App {
     /// Reconciles this node's ledger now (blocking: reads every segment) and keeps the report.
     pub fn reconcile(&self) -> Result<Arc<crate::reconcile::Report>, String> {
-        let report = Arc::new(crate::reconcile::reconcile(
+        let mut report = crate::reconcile::reconcile(
             &[self.data_dir.join("ledger")],
             self.service.clock.now_ms(),
-        )?);
+        )?;
+        report.repaired_at_start = self.service.storage.repairs.clone();
+        let report = Arc::new(report);
         *self.reconciliation.lock() = Some(report.clone());
         Ok(report)
     }
@@ -207,9 +209,9 @@ pub enum PublishFailure {
     /// A drop task's points could not be loaded, or changed under claims.
     #[error(transparent)]
     Drops(#[from] DropError),
-    /// A partner URL points outside the allowed hosts.
+    /// A partner URL points outside the allowed hosts, or its rate or cap cannot be split.
     #[error("{field}: {message}")]
-    PartnerHost {
+    Partner {
         /// E.g. `partners[0].url`.
         field: String,
         /// The problem.
@@ -228,8 +230,8 @@ pub fn publish(
     let _one_at_a_time = service.drops.publishing.lock();
     service
         .delivery_settings
-        .check_hosts(&config)
-        .map_err(|(field, message)| PublishFailure::PartnerHost { field, message })?;
+        .check_partners(&config, service.store.share())
+        .map_err(|(field, message)| PublishFailure::Partner { field, message })?;
     let prepared = service.drops.prepare(&config, &service.storage)?;
     let digest_ops = prepared.ops();
     let now_ms = service.clock.now_ms();

@@ -41,7 +41,7 @@ impl From<rocksdb::Error> for StorageError {
 }
 
 /// The column families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Cf {
     /// `user \0 request_id` → the response body that was sent.
     Requests,
@@ -105,6 +105,8 @@ pub struct Storage {
     /// `None` only while dropping: closing it ends the writer thread.
     writer: Option<mpsc::Sender<Job>>,
     writer_thread: Option<thread::JoinHandle<()>>,
+    /// Counters RocksDB held differently from the ledger at start-up, set to the ledger's.
+    pub repairs: Vec<String>,
 }
 
 impl Drop for Storage {
@@ -201,6 +203,10 @@ impl Storage {
                 "replayed ledger records RocksDB had not applied"
             );
         }
+        let repairs = repair_counters(&db, ledger_dir)?;
+        for r in &repairs {
+            tracing::warn!(difference = %r, "RocksDB disagreed with the ledger; the ledger's value is restored");
+        }
         let (writer, rx) = mpsc::channel(COMMIT_QUEUE);
         let db2 = db.clone();
         let writer_thread = thread::Builder::new()
@@ -211,6 +217,7 @@ impl Storage {
             db,
             writer: Some(writer),
             writer_thread: Some(writer_thread),
+            repairs,
         })
     }
 
@@ -562,6 +569,69 @@ fn replay(db: &DB, dir: &Path) -> Result<u64, StorageError> {
     Ok(replayed)
 }
 
+/// Folds every counter (`counters`, `drops`) the ledger holds and sets each one RocksDB holds
+/// differently to the ledger's value (without WAL, like every apply: a crash before the next
+/// flush finds and repairs it again). Returns the differences found, as
+/// `cf/key: rocksdb A, ledger B`.
+fn repair_counters(db: &DB, dir: &Path) -> Result<Vec<String>, StorageError> {
+    let mut ledger: std::collections::HashMap<(Cf, Vec<u8>), u64> = Default::default();
+    for (_, path) in segments(dir).map_err(|e| StorageError(e.to_string()))? {
+        let bytes = std::fs::read(&path).map_err(|e| StorageError(e.to_string()))?;
+        // Damage was cut or refused by recovery and replay already; read what is good.
+        let _ = scan_segment(&bytes, |r| {
+            if r.kind != BATCH {
+                return;
+            }
+            for op in decode_ops(r.payload).unwrap_or_default() {
+                match op {
+                    Op::Add(cf @ (Cf::Counters | Cf::Drops), k, n) => {
+                        *ledger.entry((cf, k)).or_default() += n;
+                    }
+                    Op::Put(cf @ (Cf::Counters | Cf::Drops), k, v) => {
+                        ledger.insert((cf, k), decode_u64(&v));
+                    }
+                    Op::Delete(cf @ (Cf::Counters | Cf::Drops), k) => {
+                        ledger.insert((cf, k), 0);
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+    let mut stored: std::collections::HashMap<(Cf, Vec<u8>), u64> = Default::default();
+    for cf in [Cf::Counters, Cf::Drops] {
+        for item in db.iterator_cf(handle(db, cf), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            stored.insert((cf, k.to_vec()), decode_u64(&v));
+        }
+    }
+    let mut batch = WriteBatch::default();
+    let mut differences = Vec::new();
+    let keys: std::collections::BTreeSet<&(Cf, Vec<u8>)> =
+        ledger.keys().chain(stored.keys()).collect();
+    for key in keys {
+        let (l, r) = (
+            ledger.get(key).copied().unwrap_or(0),
+            stored.get(key).copied().unwrap_or(0),
+        );
+        if l != r {
+            let (cf, k) = key;
+            differences.push(format!(
+                "{}/{}: rocksdb {r}, ledger {l}",
+                cf_name(*cf),
+                String::from_utf8_lossy(k).escape_debug()
+            ));
+            batch.put_cf(handle(db, *cf), k, l.to_le_bytes());
+        }
+    }
+    if !differences.is_empty() {
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        db.write_opt(batch, &opts)?;
+    }
+    Ok(differences)
+}
+
 /// The writer: each group of batches becomes ledger records with one write and one fsync, then
 /// one RocksDB batch without WAL; only then are the group's draws answered. After a ledger
 /// failure the file position is unknown, so every later batch is refused.
@@ -590,7 +660,16 @@ fn group_commit(db: Arc<DB>, mut ledger: Tail, mut rx: mpsc::Receiver<Job>) {
                 match ledger.write(records, &mut buf) {
                     Ok(last) => {
                         let applied = last.last().copied().unwrap_or_default();
-                        write_group(&db, jobs.iter().flat_map(|j| j.ops.iter()), applied)
+                        if let Err(e) =
+                            write_group(&db, jobs.iter().flat_map(|j| j.ops.iter()), applied)
+                        {
+                            // The group is durable in the ledger, so it happened: answering
+                            // "failed" would let the draws give their prizes back while a
+                            // restart replays them. Stop instead; the restart applies it.
+                            tracing::error!(error = %e, "RocksDB refused a group already in the ledger; stopping so start-up replays it");
+                            std::process::abort();
+                        }
+                        Ok(())
                     }
                     Err(e) => {
                         let e = StorageError(e.to_string());

@@ -1846,3 +1846,72 @@ async fn counters_caps_configs_and_request_records_survive_a_restart() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rocksdb_counters_that_disagree_with_the_ledger_are_repaired_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = campaign("c", "")
+        + PARTNERS
+        + &live_round("r", "c", 10, 0)
+        + &cash_prize("cash", 100, 1000, 1_000_000, 1);
+    let server = Server::with_config(dir.path(), &config, t0()).await;
+    let mut c = server.conn().await;
+    let v = draw_ok(&mut c, "r", "u", "q", 5).await;
+    assert_eq!(wins_in(&v).len(), 5);
+    let occurrence = v["occurrence"].as_u64().unwrap();
+    let (config_path, data_dir, clock) = (
+        server.config_path.clone(),
+        server.data_dir.clone(),
+        server.clock.clone(),
+    );
+    server.stop().await;
+
+    // Something writes RocksDB behind the ledger's back: the counter says 1, not 5.
+    {
+        let path = data_dir.join("db");
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+        let db = loop {
+            // The stopped engine releases the database on its own time.
+            match rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, &cfs) {
+                Ok(db) => break db,
+                Err(e) if e.to_string().to_lowercase().contains("lock") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let key = [b"cash\0".as_slice(), &occurrence.to_be_bytes()].concat();
+        db.put_cf(db.cf_handle("counters").unwrap(), key, 1u64.to_le_bytes())
+            .unwrap();
+    }
+
+    let server = Server::start(&config_path, &data_dir, clock).await;
+    let mut c = server.conn().await;
+    assert_eq!(
+        issued(&mut c, "r").await["cash"],
+        5,
+        "the ledger's count wins"
+    );
+    let auth = format!("Bearer {TOKEN}");
+    let r = c
+        .send(
+            Method::GET,
+            "/admin/api/reconciliation?run=true",
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    let report: Value = r.json();
+    assert_eq!(report["ok"], true);
+    let repaired = report["repaired_at_start"].as_array().unwrap();
+    assert_eq!(repaired.len(), 1, "{repaired:?}");
+    assert!(
+        repaired[0]
+            .as_str()
+            .unwrap()
+            .contains("rocksdb 1, ledger 5"),
+        "{repaired:?}"
+    );
+    server.stop().await;
+}
