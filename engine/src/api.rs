@@ -359,15 +359,7 @@ async fn redrive_mismatches(app: &Arc<App>) -> Result<Reply, ApiError> {
         {
             continue;
         }
-        let mut rec = redrain_delivery::record::Record::pending(
-            id.clone(),
-            win.user.clone(),
-            win.partner.clone(),
-            win.view.prize.clone(),
-            win.view.amount_cents,
-            win.view.sku.clone(),
-            win.view.at_ms,
-        );
+        let mut rec = win.pending_delivery();
         // Retries run to the partner's deadline from now, not from the (maybe old) win.
         let deadline_s = svc
             .snapshot()

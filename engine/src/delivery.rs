@@ -122,8 +122,8 @@ pub struct DeliverySettings {
     pub max_queued: usize,
 }
 
-/// The demo's signing secret, used when the server is given none.
-pub const DEMO_SECRET: &str = "redrain-demo-secret";
+/// The demo's signing secret (partner-sim's default), used when the server is given none.
+pub use redrain_delivery::sim::DEMO_SECRET;
 
 impl Default for DeliverySettings {
     fn default() -> Self {

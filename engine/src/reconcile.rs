@@ -15,6 +15,7 @@ use redrain_delivery::record::{Record, State};
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::{scan_segment, segments};
+use crate::server::StoredConfig;
 use crate::service::WinRecord;
 use crate::storage::{decode_ops, Cf, Op, BATCH};
 
@@ -96,12 +97,6 @@ pub struct Report {
     pub missing_wins: Vec<WinRecord>,
 }
 
-#[derive(Deserialize)]
-struct StoredConfig {
-    seq: u64,
-    config: quota::config::RawConfig,
-}
-
 /// Everything folded from the ledgers.
 #[derive(Default)]
 struct Fold {
@@ -125,7 +120,7 @@ impl Fold {
     fn apply(&mut self, op: Op) {
         match op {
             Op::Add(Cf::Counters, key, n) => {
-                if let Some(k) = split_counter_key(&key) {
+                if let Some(k) = crate::storage::split_counter_key(&key) {
                     *self.counters.entry(k).or_default() += n;
                 }
             }
@@ -182,16 +177,6 @@ impl Fold {
             _ => {}
         }
     }
-}
-
-/// `prize \0 occurrence(be)` → (prize, occurrence).
-fn split_counter_key(key: &[u8]) -> Option<(String, u64)> {
-    let (prize, occ) = key.split_at(key.iter().position(|b| *b == 0)?);
-    let occ: [u8; 8] = occ.get(1..)?.try_into().ok()?;
-    Some((
-        String::from_utf8(prize.to_vec()).ok()?,
-        u64::from_be_bytes(occ),
-    ))
 }
 
 /// The ledger directories under `path`: itself if it holds segments, its `ledger/` (a node's

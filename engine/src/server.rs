@@ -77,10 +77,11 @@ impl App {
     }
 }
 
+/// A published config as stored (meta `config` and `config/{seq}`).
 #[derive(Serialize, Deserialize)]
-struct StoredConfig {
-    seq: u64,
-    config: RawConfig,
+pub(crate) struct StoredConfig {
+    pub(crate) seq: u64,
+    pub(crate) config: RawConfig,
 }
 
 const CONFIG_KEY: &[u8] = b"config";

@@ -145,6 +145,21 @@ pub struct WinRecord {
     pub seq: u64,
 }
 
+impl WinRecord {
+    /// The new pending delivery of this win, made when the win is.
+    pub fn pending_delivery(&self) -> Record {
+        Record::pending(
+            self.view.win_id.clone(),
+            self.user.clone(),
+            self.partner.clone(),
+            self.view.prize.clone(),
+            self.view.amount_cents,
+            self.view.sku.clone(),
+            self.view.at_ms,
+        )
+    }
+}
+
 /// Everything a draw needs; shared by all request handlers.
 #[derive(Debug)]
 pub struct DrawService {
@@ -172,7 +187,7 @@ pub struct DrawService {
     pub delivery_settings: crate::delivery::DeliverySettings,
     /// Draws that changed nothing (so wrote nothing), by round and outcome, since the last
     /// per-slot ledger record of them.
-    pub unrecorded: parking_lot::Mutex<HashMap<(String, usize), u64>>,
+    pub unrecorded: parking_lot::Mutex<HashMap<String, [u64; 4]>>,
 }
 
 /// Meta key prefix of the running totals of draws that changed nothing: `drawn/{round}/{outcome}`.
@@ -193,19 +208,23 @@ impl DrawService {
             DRAWN_SLOT_KEY.to_vec(),
             slot.to_le_bytes().to_vec(),
         )];
-        for ((round, outcome), n) in &tally {
-            let key = format!(
-                "{DRAWN_PREFIX}{round}/{}",
-                crate::metrics::OUTCOMES[*outcome]
-            );
-            ops.push(Op::Add(Cf::Meta, key.into_bytes(), *n));
+        for (round, counts) in &tally {
+            for (outcome, n) in crate::metrics::OUTCOMES.iter().zip(counts) {
+                if *n > 0 {
+                    let key = format!("{DRAWN_PREFIX}{round}/{outcome}");
+                    ops.push(Op::Add(Cf::Meta, key.into_bytes(), *n));
+                }
+            }
         }
         let written = self.storage.commit(ops).await;
         if written.is_err() {
             // Put the counts back so the next slot's record carries them.
             let mut now = self.unrecorded.lock();
-            for (k, n) in tally {
-                *now.entry(k).or_default() += n;
+            for (round, counts) in tally {
+                let into = now.entry(round).or_default();
+                for (a, b) in into.iter_mut().zip(counts) {
+                    *a += b;
+                }
             }
         }
         written
@@ -294,11 +313,12 @@ impl DrawService {
             .filter(|s| *s != loaded || !plan.wins.is_empty() || plan.outcome == Outcome::None)
         else {
             self.metrics.draws[outcome_index].fetch_add(1, Relaxed);
-            *self
-                .unrecorded
-                .lock()
-                .entry((round.id.to_string(), outcome_index))
-                .or_default() += 1;
+            let mut tally = self.unrecorded.lock();
+            // Look up by &str first: no allocation once the round has a tally.
+            match tally.get_mut(round.id.as_str()) {
+                Some(counts) => counts[outcome_index] += 1,
+                None => tally.entry(round.id.to_string()).or_default()[outcome_index] += 1,
+            }
             return serde_json::to_vec(&response).map_err(ApiError::internal);
         };
 
@@ -412,15 +432,7 @@ impl DrawService {
                 partner: snapshot.config.partners[prize.partner].id.to_string(),
                 seq: snapshot.seq.0,
             };
-            let delivery = Record::pending(
-                view.win_id.clone(),
-                c.user.to_string(),
-                record.partner.clone(),
-                prize.id.to_string(),
-                view.amount_cents,
-                view.sku.clone(),
-                now_ms,
-            );
+            let delivery = record.pending_delivery();
             ops.push(Op::Put(
                 Cf::Wins,
                 win_key(c.user, now_ms, &view.win_id),

@@ -328,18 +328,25 @@ impl Storage {
 
     /// Every persisted counter: (prize, occurrence, issued).
     pub fn counters(&self) -> Result<Vec<(String, u64, u64)>, StorageError> {
-        let mut out = Vec::new();
-        for (k, v) in self.scan_prefix(Cf::Counters, b"", usize::MAX)? {
-            if let Some(split) = k.iter().position(|&b| b == 0) {
-                if let (Ok(prize), Ok(occ)) =
-                    (std::str::from_utf8(&k[..split]), k[split + 1..].try_into())
-                {
-                    out.push((prize.to_string(), u64::from_be_bytes(occ), decode_u64(&v)));
-                }
-            }
-        }
-        Ok(out)
+        Ok(self
+            .scan_prefix(Cf::Counters, b"", usize::MAX)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let (prize, occurrence) = split_counter_key(&k)?;
+                Some((prize, occurrence, decode_u64(&v)))
+            })
+            .collect())
     }
+}
+
+/// A [`counter_key`] split back into (prize, occurrence).
+pub fn split_counter_key(key: &[u8]) -> Option<(String, u64)> {
+    let split = key.iter().position(|&b| b == 0)?;
+    let occurrence: [u8; 8] = key[split + 1..].try_into().ok()?;
+    Some((
+        std::str::from_utf8(&key[..split]).ok()?.to_string(),
+        u64::from_be_bytes(occurrence),
+    ))
 }
 
 /// Key of an idempotency record.
