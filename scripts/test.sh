@@ -4,6 +4,7 @@
 # release profile, so RocksDB's C++ is compiled once for tests, benches and the binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+# chromium + chromium-driver: the admin page's end-to-end tests drive headless Chromium.
+./scripts/setup.sh chromium chromium-driver
 cargo test --release --workspace --all-targets
 cargo test --release --workspace --doc

@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use quota::config::{format_ms, Config, PrizeKind, Round};
+use quota::config::{format_ms, Campaign, Config, PrizeKind, Round};
 use quota::ids::check_id;
-use quota::schedule::RoundStatus;
+use quota::schedule::{Occurrence, RoundStatus};
 use serde::Serialize;
 use serde_json::json;
 use warp::http::{header, Response, StatusCode};
@@ -16,17 +16,14 @@ use warp::{Buf, Filter, Rejection};
 
 use crate::drops::{DEFAULT_NEARBY, MAX_NEARBY};
 use crate::error::{parse_json, ApiError};
-use crate::server::{App, PublishFailure};
+use crate::server::App;
 use crate::service::{ClaimRequest, DrawRequest, WinRecord};
 use crate::storage::Cf;
-use quota::store::PublishError;
 use redrain_geo::Coord;
 use std::collections::HashMap;
 
 /// Largest draw request body.
 pub const MAX_DRAW_BODY: usize = 4 << 10;
-/// Largest config body.
-pub const MAX_CONFIG_BODY: usize = 1 << 20;
 /// Largest redelivery request body.
 pub const MAX_REDELIVER_BODY: usize = 1 << 10;
 /// Largest claim request body.
@@ -34,12 +31,13 @@ pub const MAX_CLAIM_BODY: usize = 4 << 10;
 /// Most wins listed for one user.
 pub const MAX_LISTED_WINS: usize = 1000;
 
-type Reply = Response<warp::hyper::body::Bytes>;
+pub(crate) type Reply = Response<warp::hyper::body::Bytes>;
 
 /// Every route of the engine.
 pub fn routes(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Response<warp::hyper::body::Bytes>,), Error = Infallible> + Clone {
+    let admin = crate::admin_api::routes(app.clone());
     let with_app = warp::any().map(move || app.clone());
 
     let draw = warp::path!("v1" / "rounds" / String / "draw")
@@ -111,44 +109,6 @@ pub fn routes(
                 .body(Bytes::from(text))
                 .expect("static headers are valid")
         });
-    let admin = warp::path("admin")
-        .and(warp::path("api"))
-        .and(warp::header::optional::<String>("authorization"))
-        .and(with_app.clone());
-    let get_config = admin
-        .clone()
-        .and(warp::path!("config"))
-        .and(warp::get())
-        .map(|auth: Option<String>, app: Arc<App>| {
-            timed(&app, || {
-                authorize(&app, auth.as_deref())?;
-                let snap = app.service.snapshot();
-                json_ok(&json!({"seq": snap.seq.0, "config": snap.config.raw}))
-            })
-        });
-    let post_config = admin
-        .clone()
-        .and(warp::path!("config"))
-        .and(warp::post())
-        .and(warp::header::optional::<String>("content-type"))
-        .and(body_limited(MAX_CONFIG_BODY))
-        .then(
-            |auth: Option<String>,
-             app: Arc<App>,
-             ctype: Option<String>,
-             body: Result<Bytes, ApiError>| async move {
-                // A publish may read and index millions of drop points: off the async workers.
-                tokio::task::spawn_blocking(move || {
-                    timed(&app, || {
-                        authorize(&app, auth.as_deref())?;
-                        publish(&app, ctype.as_deref(), &body?)
-                    })
-                })
-                .await
-                .unwrap_or_else(|e| error_reply(&ApiError::internal(e)))
-            },
-        );
-
     let redeliver = warp::path!("v1" / "wins" / String / "redeliver")
         .and(warp::post())
         .and(with_app.clone())
@@ -163,119 +123,10 @@ pub fn routes(
                 reply
             },
         );
-    let delivery_stats = admin
-        .clone()
-        .and(warp::path!("delivery"))
-        .and(warp::get())
-        .map(|auth: Option<String>, app: Arc<App>| {
-            timed(&app, || {
-                authorize(&app, auth.as_deref())?;
-                let (ready, later) = redrain_delivery::queue::LaneQueue::bytes_per_id();
-                json_ok(&json!({
-                    "lanes": app.service.deliveries.stats(),
-                    "queued_bytes_per_delivery": {"ready": ready, "retrying": later},
-                }))
-            })
-        });
-    let redrive_one = admin
-        .clone()
-        .and(warp::path!("delivery" / String / "redrive"))
-        .and(warp::post())
-        .then(
-            |auth: Option<String>, app: Arc<App>, id: String| async move {
-                let result = async {
-                    authorize(&app, auth.as_deref())?;
-                    let id = delivery_id(&id)?;
-                    let rec = app
-                        .service
-                        .deliveries
-                        .redrive(id, None)
-                        .await
-                        .map_err(delivery_error)?;
-                    json_ok(&rec)
-                };
-                result.await.unwrap_or_else(|e| error_reply(&e))
-            },
-        );
-    let redrive_dead = admin
-        .clone()
-        .and(warp::path!(
-            "delivery" / "partners" / String / "redrive-dead"
-        ))
-        .and(warp::post())
-        .then(
-            |auth: Option<String>, app: Arc<App>, partner: String| async move {
-                let result = async {
-                    authorize(&app, auth.as_deref())?;
-                    let n = app
-                        .service
-                        .deliveries
-                        .redrive_dead(&partner)
-                        .await
-                        .map_err(delivery_error)?;
-                    json_ok(&json!({"partner": partner, "redriven": n}))
-                };
-                result.await.unwrap_or_else(|e| error_reply(&e))
-            },
-        );
-
-    let reconciliation = admin
-        .clone()
-        .and(warp::path!("reconciliation"))
-        .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
-        .then(
-            |auth: Option<String>, app: Arc<App>, q: HashMap<String, String>| async move {
-                let result = async {
-                    authorize(&app, auth.as_deref())?;
-                    let run = match q.get("run").map(String::as_str) {
-                        None | Some("false") => false,
-                        Some("true") => true,
-                        Some(other) => {
-                            return Err(ApiError::field(
-                                "run",
-                                format!("must be true or false, got {other:?}"),
-                            ))
-                        }
-                    };
-                    let latest = app.reconciliation.lock().clone();
-                    let report = match latest {
-                        Some(r) if !run => r,
-                        _ => reconcile_now(&app).await?,
-                    };
-                    json_ok(&*report)
-                };
-                result.await.unwrap_or_else(|e| error_reply(&e))
-            },
-        );
-    let reconcile_redrive = admin
-        .and(warp::path!("reconciliation" / "redrive"))
-        .and(warp::post())
-        .then(|auth: Option<String>, app: Arc<App>| async move {
-            let result = async {
-                authorize(&app, auth.as_deref())?;
-                redrive_mismatches(&app).await
-            };
-            result.await.unwrap_or_else(|e| error_reply(&e))
-        });
-
-    // Boxed: one more level of nested filter types overflows the compiler's recursion limit.
-    let delivery = redeliver
-        .or(delivery_stats)
-        .unify()
-        .or(redrive_one)
-        .unify()
-        .or(redrive_dead)
-        .unify()
-        .or(reconciliation)
-        .unify()
-        .or(reconcile_redrive)
-        .unify()
-        .boxed();
 
     draw.or(healthz)
         .unify()
-        .or(delivery)
+        .or(redeliver)
         .unify()
         .or(nearby)
         .unify()
@@ -291,9 +142,7 @@ pub fn routes(
         .unify()
         .or(metrics)
         .unify()
-        .or(get_config)
-        .unify()
-        .or(post_config)
+        .or(admin)
         .unify()
         .recover(rejection)
         .unify()
@@ -330,74 +179,13 @@ async fn redeliver(app: &App, win: &str, body: Result<Bytes, ApiError>) -> Resul
     json_ok(&json!({"win_id": rec.win_id, "status": rec.state.user_view()}))
 }
 
-/// Reconciles this node's ledger now, off the async workers.
-async fn reconcile_now(app: &Arc<App>) -> Result<Arc<crate::reconcile::Report>, ApiError> {
-    let a = app.clone();
-    tokio::task::spawn_blocking(move || a.reconcile())
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::unavailable)
-}
-
-/// Reconciles now, then closes what re-driving can close: a win without a delivery record gets
-/// a pending one (unless one exists by now), a dead delivery is sent again. Idempotent: a
-/// second run finds nothing left to create, and re-driving a pending delivery changes nothing.
-async fn redrive_mismatches(app: &Arc<App>) -> Result<Reply, ApiError> {
-    let report = reconcile_now(app).await?;
-    let svc = &app.service;
-    let mut created = 0;
-    for win in &report.missing_wins {
-        let id = &win.view.win_id;
-        let Some(did) = redrain_delivery::record::DeliveryId::parse(id) else {
-            continue;
-        };
-        if svc
-            .storage
-            .get(Cf::Deliveries, id.as_bytes())
-            .map_err(ApiError::unavailable)?
-            .is_some()
-        {
-            continue;
-        }
-        let mut rec = win.pending_delivery();
-        // Retries run to the partner's deadline from now, not from the (maybe old) win.
-        let deadline_s = svc
-            .snapshot()
-            .config
-            .partners
-            .iter()
-            .find(|p| p.id.as_str() == win.partner)
-            .map_or(quota::config::DEFAULT_RETRY_DEADLINE_S, |p| {
-                p.retry_deadline_s
-            });
-        rec.deadline_ms = svc.clock.now_ms() + u64::from(deadline_s) * 1000;
-        svc.storage
-            .commit(crate::delivery::record_ops(&rec, None))
-            .await
-            .map_err(ApiError::unavailable)?;
-        svc.deliveries.enqueue(&win.partner, did);
-        created += 1;
-    }
-    let mut redriven = 0;
-    for id in &report.mismatches.dead {
-        if let Some(did) = redrain_delivery::record::DeliveryId::parse(id) {
-            svc.deliveries
-                .redrive(did, None)
-                .await
-                .map_err(delivery_error)?;
-            redriven += 1;
-        }
-    }
-    json_ok(&json!({"created": created, "redriven": redriven}))
-}
-
 /// A delivery (win) id from a path; 400 naming `win_id` when it is not one.
-fn delivery_id(text: &str) -> Result<redrain_delivery::record::DeliveryId, ApiError> {
+pub(crate) fn delivery_id(text: &str) -> Result<redrain_delivery::record::DeliveryId, ApiError> {
     redrain_delivery::record::DeliveryId::parse(text)
         .ok_or_else(|| ApiError::field("win_id", "must be 24 hex digits"))
 }
 
-fn delivery_error(e: redrain_delivery::lanes::DeliveryError) -> ApiError {
+pub(crate) fn delivery_error(e: redrain_delivery::lanes::DeliveryError) -> ApiError {
     use redrain_delivery::lanes::DeliveryError;
     match e {
         DeliveryError::NotFound(id) => ApiError::not_found("win", &id),
@@ -443,20 +231,29 @@ struct RoundView<'a> {
     paused: bool,
 }
 
-fn round_view<'a>(config: &'a Config, r: &'a Round, now_ms: u64) -> RoundView<'a> {
-    let campaign = &config.campaigns[r.campaign];
-    let (status, occ) = match r.status(campaign, now_ms) {
+/// A round's status word and its current (or next, or last) occurrence.
+pub(crate) fn round_status(
+    r: &Round,
+    campaign: &Campaign,
+    now_ms: u64,
+) -> (&'static str, Occurrence) {
+    match r.status(campaign, now_ms) {
         RoundStatus::Upcoming(o) => ("upcoming", o),
         RoundStatus::Live(o) => ("live", o),
         RoundStatus::Ended(o) => (
             "ended",
-            o.unwrap_or(quota::schedule::Occurrence {
+            o.unwrap_or(Occurrence {
                 index: 0,
                 starts_at_ms: r.starts_at_ms,
                 ends_at_ms: r.starts_at_ms + r.duration_ms,
             }),
         ),
-    };
+    }
+}
+
+fn round_view<'a>(config: &'a Config, r: &'a Round, now_ms: u64) -> RoundView<'a> {
+    let campaign = &config.campaigns[r.campaign];
+    let (status, occ) = round_status(r, campaign, now_ms);
     RoundView {
         id: r.id.as_str(),
         campaign: campaign.id.as_str(),
@@ -560,7 +357,7 @@ fn user_wins(app: &App, user: &str) -> Result<Reply, ApiError> {
 
 /// A query parameter parsed as a finite-or-not number; 400 naming it when absent or not a
 /// number.
-fn number_param(q: &HashMap<String, String>, name: &str) -> Result<f64, ApiError> {
+pub(crate) fn number_param(q: &HashMap<String, String>, name: &str) -> Result<f64, ApiError> {
     let text = q
         .get(name)
         .ok_or_else(|| ApiError::field(name, "is required"))?;
@@ -619,82 +416,11 @@ fn region(app: &App, id: &str) -> Result<Reply, ApiError> {
     json_ok(&body)
 }
 
-fn authorize(app: &App, header_value: Option<&str>) -> Result<(), ApiError> {
-    // The scheme name is case-insensitive (RFC 9110 §11.1).
-    let presented = header_value
-        .and_then(|h| h.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map_or("", |(_, token)| token.trim());
-    if constant_time_eq(presented.as_bytes(), app.admin_token.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the admin API needs `Authorization: Bearer <token>`",
-        ))
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len()
-        && !b.is_empty()
-        && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn publish(app: &App, content_type: Option<&str>, body: &[u8]) -> Result<Reply, ApiError> {
-    let parsed = if content_type.is_some_and(|c| c.starts_with("application/json")) {
-        Config::from_json(body)
-    } else {
-        let text = std::str::from_utf8(body).map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_toml",
-                "the config must be UTF-8 TOML or application/json",
-            )
-        })?;
-        Config::from_toml(text)
-    };
-    let config = parsed.map_err(|e| ApiError {
-        errors: e.errors.clone(),
-        ..ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_config",
-            e.to_string(),
-        )
-    })?;
-    let snap = crate::server::publish(&app.service, config, None).map_err(|e| match e {
-        PublishFailure::Store(PublishError::QuotaBelowIssued { ref field, .. }) => ApiError {
-            field: Some(field.clone()),
-            ..ApiError::new(StatusCode::CONFLICT, "quota_below_issued", e.to_string())
-        },
-        PublishFailure::Store(PublishError::Persist(_)) => ApiError::unavailable(e),
-        PublishFailure::Partner { ref field, .. } => ApiError {
-            field: Some(field.clone()),
-            ..ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_partner",
-                e.to_string(),
-            )
-        },
-        PublishFailure::Drops(d) => ApiError {
-            field: Some(d.field.clone()),
-            ..ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_drops",
-                d.to_string(),
-            )
-        },
-    })?;
-    tracing::info!(seq = snap.seq.0, "config published");
-    json_ok(&json!({"seq": snap.seq.0}))
-}
-
 /// Reads a body of at most `limit` bytes, whether or not it declares its length.
 /// How many times its limit an oversized body is read and dropped before the 413.
 const DRAIN_FACTOR: u64 = 4;
 
-fn body_limited(
+pub(crate) fn body_limited(
     limit: usize,
 ) -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
@@ -775,7 +501,7 @@ async fn rejection(r: Rejection) -> Result<Reply, Infallible> {
     Ok(error_reply(&e))
 }
 
-fn json_ok<T: Serialize>(v: &T) -> Result<Reply, ApiError> {
+pub(crate) fn json_ok<T: Serialize>(v: &T) -> Result<Reply, ApiError> {
     Ok(json_reply(
         StatusCode::OK,
         serde_json::to_vec(v).map_err(ApiError::internal)?,

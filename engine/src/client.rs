@@ -23,11 +23,13 @@ pub struct Conn {
     sender: SendRequest<Full<Bytes>>,
 }
 
-/// A response: status and body.
+/// A response: status, headers and body.
 #[derive(Debug, Clone)]
 pub struct Reply {
     /// HTTP status.
     pub status: u16,
+    /// Headers.
+    pub headers: hyper::HeaderMap,
     /// Body.
     pub body: Bytes,
 }
@@ -82,12 +84,17 @@ impl Conn {
             .await
             .map_err(|e| ClientError(e.to_string()))?;
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE)
             .collect()
             .await
             .map_err(|e| ClientError(e.to_string()))?
             .to_bytes();
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// GET `path`.

@@ -211,31 +211,50 @@ impl DeliverySettings {
 pub const MAX_ASKS: u32 = 5;
 /// The redelivery rate window.
 pub const ASK_WINDOW_MS: u64 = 60_000;
-/// Users tracked at once; older windows are forgotten first when full.
+/// Keys a [`WindowLimiter`] tracks at once.
 const MAX_ASKERS: usize = 100_000;
 
-/// Per-user limit on "deliver it again" requests: at most [`MAX_ASKS`] per [`ASK_WINDOW_MS`].
-#[derive(Debug, Default)]
-pub struct AskLimiter {
-    users: parking_lot::Mutex<HashMap<String, (u64, u32)>>,
+/// At most `max` events per key in each window of `window_ms` (the window starts at a key's
+/// first event): "deliver it again" requests per user, login attempts per operator name.
+/// Tracks at most 100,000 keys; past that, a new key is refused rather than an old one
+/// forgotten early.
+#[derive(Debug)]
+pub struct WindowLimiter {
+    max: u32,
+    window_ms: u64,
+    keys: parking_lot::Mutex<HashMap<String, (u64, u32)>>,
 }
 
-impl AskLimiter {
-    /// Counts one request of `user` at `now_ms`; `false` when the user is over the limit.
-    pub fn allow(&self, user: &str, now_ms: u64) -> bool {
-        let mut users = self.users.lock();
-        if users.len() >= MAX_ASKERS && !users.contains_key(user) {
-            users.retain(|_, (start, _)| now_ms < *start + ASK_WINDOW_MS);
-            if users.len() >= MAX_ASKERS {
-                return false; // every tracked user is inside its window: refuse rather than forget
+impl WindowLimiter {
+    /// A limiter of `max` events per `window_ms`.
+    pub fn new(max: u32, window_ms: u64) -> Self {
+        Self {
+            max,
+            window_ms,
+            keys: Default::default(),
+        }
+    }
+
+    /// The limit on "deliver it again": [`MAX_ASKS`] per [`ASK_WINDOW_MS`].
+    pub fn asks() -> Self {
+        Self::new(MAX_ASKS, ASK_WINDOW_MS)
+    }
+
+    /// Counts one event of `key` at `now_ms`; `false` when the key is over the limit.
+    pub fn allow(&self, key: &str, now_ms: u64) -> bool {
+        let mut keys = self.keys.lock();
+        if keys.len() >= MAX_ASKERS && !keys.contains_key(key) {
+            keys.retain(|_, (start, _)| now_ms < *start + self.window_ms);
+            if keys.len() >= MAX_ASKERS {
+                return false;
             }
         }
-        let entry = users.entry(user.to_string()).or_insert((now_ms, 0));
-        if now_ms >= entry.0 + ASK_WINDOW_MS {
+        let entry = keys.entry(key.to_string()).or_insert((now_ms, 0));
+        if now_ms >= entry.0 + self.window_ms {
             *entry = (now_ms, 0);
         }
         entry.1 += 1;
-        entry.1 <= MAX_ASKS
+        entry.1 <= self.max
     }
 }
 
@@ -245,7 +264,7 @@ mod tests {
 
     #[test]
     fn asks_are_limited_per_user_and_window() {
-        let l = AskLimiter::default();
+        let l = WindowLimiter::asks();
         for _ in 0..MAX_ASKS {
             assert!(l.allow("u", 1_000));
         }

@@ -6,7 +6,9 @@
 //! # Layout
 //! - [`server`]: opening a data dir ([`server::open`]) and serving a bound listener until a
 //!   shutdown future resolves ([`server::run`]).
-//! - [`api`]: warp routes, bounded bodies, JSON errors, admin authentication.
+//! - [`api`]: the public warp routes, bounded bodies, JSON errors.
+//! - [`admin_api`]: the admin API and the embedded admin page under `/admin`.
+//! - [`admin`]: operators, sessions, roles, CSRF, the audit log.
 //! - [`service`]: the draw: per-user lock → idempotency check → plan → durable commit → answer.
 //! - [`drops`]: geo drop tasks: point files loaded, screened and indexed off the query path,
 //!   swapped in with their config; nearby, per-drop claims, region counts.
@@ -30,6 +32,8 @@
 //! assert_eq!(e.message, "shakes: must be from 1 to 20, got 0");
 //! ```
 
+pub mod admin;
+pub mod admin_api;
 pub mod api;
 pub mod cache;
 pub mod client;

@@ -60,6 +60,9 @@ enum Command {
         #[command(subcommand)]
         command: DropsCommand,
     },
+    /// Print an argon2id hash of a password read from standard input (one line), for the
+    /// operators file.
+    HashPassword,
     /// Run a simulated delivery partner (signature checks, capacity, failures; docs/partners.md).
     PartnerSim(PartnerSimArgs),
     /// Reconcile wins, counters and deliveries from ledgers (a node's data or ledger dir, or a
@@ -155,6 +158,10 @@ struct ServeArgs {
     /// Most deliveries a partner lane keeps in memory; the rest wait in its durable outbox.
     #[arg(long, default_value_t = 2_000_000)]
     max_queued: usize,
+    /// Operators of the admin page (name, role, argon2id password hash; docs/admin-api.md).
+    /// Without the file nobody can log in; the bearer token still works.
+    #[arg(long, default_value = "configs/operators.toml")]
+    operators: PathBuf,
     /// How often reconciliation runs over this node's ledger (its latest result is served at
     /// /admin/api/reconciliation).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
@@ -220,6 +227,7 @@ fn main() -> ExitCode {
             command: LedgerCommand::Dump { dir, from },
         } => dump_ledger(&dir, from),
         Command::PartnerSim(args) => partner_sim(args),
+        Command::HashPassword => hash_password(),
         Command::Reconcile { paths, json } => reconcile(&paths, json),
     };
     match result {
@@ -229,6 +237,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn hash_password() -> anyhow::Result<ExitCode> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.len() < 8 {
+        anyhow::bail!("the password must be at least 8 characters");
+    }
+    println!("{}", redrain::admin::hash_password(password));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -462,7 +481,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             t
         }
     };
+    let operators = if args.operators.exists() {
+        redrain::admin::Operators::load(&args.operators)?
+    } else {
+        tracing::warn!(path = %args.operators.display(), "no operators file; nobody can log in to the admin page");
+        redrain::admin::Operators::default()
+    };
     let settings = Settings {
+        operators,
         config_path: args.config,
         data_dir: args.data,
         admin_token,

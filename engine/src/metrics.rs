@@ -70,7 +70,7 @@ pub struct Metrics {
     pub claims: AtomicU64,
     /// Geo drop claims refused (radius, drop or task exhausted, window, caps, rate).
     pub claim_refusals: AtomicU64,
-    wins: RwLock<HashMap<PrizeId, AtomicU64>>,
+    wins: RwLock<HashMap<PrizeId, PrizeWins>>,
     /// Ledger bytes not yet on the collector, when shipping.
     ship_lag: parking_lot::Mutex<Option<std::sync::Arc<AtomicU64>>>,
     /// Latency of draw requests.
@@ -79,26 +79,97 @@ pub struct Metrics {
     pub other_latency: Latency,
 }
 
+/// How many recent 100 ms slots of wins are kept per prize: the dashboard's last minute.
+pub const RECENT_SLOTS: usize = 600;
+
+/// One prize's wins: the total, and a ring of the last [`RECENT_SLOTS`] slots.
+#[derive(Debug)]
+struct PrizeWins {
+    total: AtomicU64,
+    /// Entry `slot % RECENT_SLOTS` holds `slot << 24 | wins` for the last slot that used it;
+    /// an entry whose slot is not the one asked for counts as no wins. One CAS per win, no
+    /// lock: a slot holds at most 200,000 wins (the limiter's bound), well inside 24 bits.
+    ring: Box<[AtomicU64]>,
+}
+
+const SLOT_COUNT_BITS: u32 = 24;
+
+impl PrizeWins {
+    fn new() -> Self {
+        Self {
+            total: AtomicU64::new(0),
+            ring: (0..RECENT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn count(&self, slot: u64) {
+        self.total.fetch_add(1, Relaxed);
+        let cell = &self.ring[(slot % RECENT_SLOTS as u64) as usize];
+        let mut seen = cell.load(Relaxed);
+        loop {
+            let next = if seen >> SLOT_COUNT_BITS == slot {
+                seen + 1
+            } else if seen >> SLOT_COUNT_BITS > slot {
+                return; // a win of a slot already overwritten by a later one: too old to show
+            } else {
+                slot << SLOT_COUNT_BITS | 1
+            };
+            match cell.compare_exchange_weak(seen, next, Relaxed, Relaxed) {
+                Ok(_) => return,
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    fn recent(&self, slot: u64) -> Vec<u32> {
+        let first = slot.saturating_sub(RECENT_SLOTS as u64 - 1);
+        (first..=slot)
+            .map(|s| {
+                let v = self.ring[(s % RECENT_SLOTS as u64) as usize].load(Relaxed);
+                if v >> SLOT_COUNT_BITS == s {
+                    (v & ((1 << SLOT_COUNT_BITS) - 1)) as u32
+                } else {
+                    0
+                }
+            })
+            .collect()
+    }
+}
+
 /// Outcome labels, in the order of [`Metrics::draws`].
 pub const OUTCOMES: [&str; 4] = ["win", "none", "capped", "not_live"];
 
 impl Metrics {
+    /// The shipper's lag in bytes, when shipping.
+    pub fn ship_lag(&self) -> Option<u64> {
+        self.ship_lag.lock().as_ref().map(|l| l.load(Relaxed))
+    }
+
     /// Reports the shipper's lag as `redrain_ledger_ship_lag_bytes`.
     pub fn set_ship_lag(&self, lag: std::sync::Arc<AtomicU64>) {
         *self.ship_lag.lock() = Some(lag);
     }
 
-    /// Counts one win of `prize`.
-    pub fn win(&self, prize: &PrizeId) {
-        if let Some(c) = self.wins.read().get(prize) {
-            c.fetch_add(1, Relaxed);
+    /// Counts one win of `prize`, drawn in 100 ms slot `slot`.
+    pub fn win(&self, prize: &PrizeId, slot: u64) {
+        if let Some(w) = self.wins.read().get(prize) {
+            w.count(slot);
             return;
         }
         self.wins
             .write()
             .entry(prize.clone())
-            .or_default()
-            .fetch_add(1, Relaxed);
+            .or_insert_with(PrizeWins::new)
+            .count(slot);
+    }
+
+    /// Wins of `prize` in each of the [`RECENT_SLOTS`] slots up to and including `slot`,
+    /// oldest first.
+    pub fn recent_wins(&self, prize: &PrizeId, slot: u64) -> Vec<u32> {
+        match self.wins.read().get(prize) {
+            Some(w) => w.recent(slot),
+            None => vec![0; RECENT_SLOTS],
+        }
     }
 
     /// Renders everything; `seq` is the live config's SeqNo.
@@ -162,11 +233,11 @@ impl Metrics {
         let wins = self.wins.read();
         let mut prizes: Vec<_> = wins.iter().collect();
         prizes.sort_by(|a, b| a.0.cmp(b.0));
-        for (p, c) in prizes {
+        for (p, w) in prizes {
             let _ = writeln!(
                 out,
                 "redrain_wins_total{{prize=\"{p}\"}} {}",
-                c.load(Relaxed)
+                w.total.load(Relaxed)
             );
         }
         out.push_str("# HELP redrain_config_seq SeqNo of the live config.\n# TYPE redrain_config_seq gauge\n");

@@ -44,6 +44,8 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     /// How often reconciliation runs.
     pub reconcile_every: Duration,
+    /// Who may log in to the admin page.
+    pub operators: crate::admin::Operators,
 }
 
 /// The running engine, shared by every request.
@@ -51,10 +53,10 @@ pub struct Settings {
 pub struct App {
     /// The draw service.
     pub service: Arc<DrawService>,
-    /// Bearer token of the admin API.
-    pub admin_token: String,
+    /// Operators, sessions and the bearer token of the admin API.
+    pub admin: crate::admin::Admin,
     /// Per-user limit on "deliver it again" requests.
-    pub asks: crate::delivery::AskLimiter,
+    pub asks: crate::delivery::WindowLimiter,
     /// The data dir (its `ledger/` is reconciled).
     pub data_dir: PathBuf,
     /// How often reconciliation runs.
@@ -170,9 +172,9 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     if seq.0 == 0 {
         // A fresh data dir: make the file's config durable as SeqNo 1.
         let config = service.store.load().config.clone();
-        publish(&service, config, Some(&file_hash))?;
+        publish(&service, config, Some(&file_hash), None, &no_extra)?;
     } else if let Some(config) = pending_file {
-        publish(&service, config, Some(&file_hash))?;
+        publish(&service, config, Some(&file_hash), None, &no_extra)?;
         tracing::info!(path = %settings.config_path.display(), "config file changed; published it");
     } else {
         let snapshot = service.store.load();
@@ -185,8 +187,8 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     }
     Ok(App {
         service,
-        admin_token: settings.admin_token.clone(),
-        asks: Default::default(),
+        admin: crate::admin::Admin::new(settings.operators.clone(), settings.admin_token.clone()),
+        asks: crate::delivery::WindowLimiter::asks(),
         data_dir: settings.data_dir.clone(),
         reconcile_every: settings.reconcile_every,
         reconciliation: Default::default(),
@@ -210,6 +212,14 @@ pub enum PublishFailure {
     /// A drop task's points could not be loaded, or changed under claims.
     #[error(transparent)]
     Drops(#[from] DropError),
+    /// The live config is no longer the one this publish was made from.
+    #[error("the live config is now SeqNo {live}, not {expected}: review the changes again")]
+    Stale {
+        /// The SeqNo the publish was made from.
+        expected: u64,
+        /// The live SeqNo.
+        live: u64,
+    },
     /// A partner URL points outside the allowed hosts, or its rate or cap cannot be split.
     #[error("{field}: {message}")]
     Partner {
@@ -220,15 +230,35 @@ pub enum PublishFailure {
     },
 }
 
-/// Publishes `config` as the next SeqNo, durably; `file_hash` marks it as read from the file.
-/// Drop tasks are read, screened and indexed first; their set goes live right after the
-/// config.
+/// Writes to commit with a publish, made from its SeqNo and the config it replaces: the audit
+/// entry, clearing the draft.
+pub type ExtraOps<'a> = &'a dyn Fn(SeqNo, &RawConfig, &RawConfig) -> Vec<Op>;
+
+/// A publish with nothing committed beside it (start-up from the file).
+pub fn no_extra(_: SeqNo, _: &RawConfig, _: &RawConfig) -> Vec<Op> {
+    Vec::new()
+}
+
+/// Publishes `config` as the next SeqNo, durably; `file_hash` marks it as read from the file,
+/// `expect` refuses it unless the live SeqNo is still that one (the config it was made from),
+/// and `extra(seq, old, new)` adds writes to the same commit. Drop tasks are read, screened
+/// and indexed first; their set goes live right after the config.
 pub fn publish(
     service: &DrawService,
     config: Config,
     file_hash: Option<&str>,
+    expect: Option<SeqNo>,
+    extra: ExtraOps<'_>,
 ) -> Result<Arc<Snapshot>, PublishFailure> {
     let _one_at_a_time = service.drops.publishing.lock();
+    // Every publish holds the lock above, so the live config cannot change until this returns.
+    let old = service.store.load();
+    if let Some(expected) = expect.filter(|&e| e != old.seq) {
+        return Err(PublishFailure::Stale {
+            expected: expected.0,
+            live: old.seq.0,
+        });
+    }
     service
         .delivery_settings
         .check_partners(&config, service.store.share())
@@ -260,6 +290,7 @@ pub fn publish(
                 ));
             }
             ops.extend(digest_ops);
+            ops.extend(extra(seq, &old.config.raw, &config.raw));
             service
                 .storage
                 .commit_blocking(ops)

@@ -469,7 +469,7 @@ impl DrawService {
         counted.fetch_add(1, Relaxed);
         for (w, view) in plan.wins.iter().zip(&response.wins) {
             let prize = &round.prizes[w.prize];
-            self.metrics.win(&prize.id);
+            self.metrics.win(&prize.id, quota::limiter::slot_of(now_ms));
             if let Some(id) = DeliveryId::parse(&view.win_id) {
                 self.deliveries
                     .enqueue(snapshot.config.partners[prize.partner].id.as_str(), id);

@@ -395,6 +395,16 @@ pub enum PrizeKind {
     },
 }
 
+impl PrizeKind {
+    /// `cash` or `coupon`, as written.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PrizeKind::Cash { .. } => "cash",
+            PrizeKind::Coupon { .. } => "coupon",
+        }
+    }
+}
+
 /// A validated prize.
 #[derive(Debug, Clone)]
 pub struct Prize {

@@ -11,6 +11,7 @@
 //! # Layout
 //! - [`ids`]: id and unit newtypes (`PrizeId`, `SeqNo`, `Cents`, …).
 //! - [`config`]: raw TOML/JSON documents and their validation into [`config::Config`].
+//! - [`diff`]: what changed between two config documents (review and audit lines).
 //! - [`store`]: the double-buffered [`store::ConfigStore`] and each node's [`store::NodeShare`].
 //! - [`limiter`]: [`limiter::QuotaCounter`], [`limiter::SlotLimiter`] and the slot shares.
 //! - [`book`]: the [`book::CounterBook`] of counters per prize and round occurrence.
@@ -32,6 +33,7 @@
 pub mod book;
 pub mod clock;
 pub mod config;
+pub mod diff;
 pub mod draw;
 pub mod ids;
 pub mod limiter;

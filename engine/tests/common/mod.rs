@@ -25,6 +25,98 @@ use tokio::task::JoinHandle;
 /// The admin token of every test server.
 pub const TOKEN: &str = "test-admin-token-0123456789";
 
+/// The operators of every test server, as (name, role, password); sessions last an hour.
+pub const OPERATORS: [(&str, &str, &str); 3] = [
+    ("vic", "viewer", "vic-password"),
+    ("eve", "editor", "eve-password"),
+    ("pat", "publisher", "pat-password"),
+];
+
+/// [`OPERATORS`] as the engine reads them (hashed once per test binary: argon2 is slow).
+pub fn operators() -> redrain::admin::Operators {
+    static PARSED: std::sync::OnceLock<redrain::admin::Operators> = std::sync::OnceLock::new();
+    PARSED
+        .get_or_init(|| {
+            let mut text = String::from("session_ttl_s = 3600\n");
+            for (name, role, password) in OPERATORS {
+                let hash = redrain::admin::hash_password(password);
+                text += &format!(
+                    "[[operators]]\nname = \"{name}\"\nrole = \"{role}\"\npassword_hash = \"{hash}\"\n"
+                );
+            }
+            redrain::admin::Operators::parse(&text).expect("test operators parse")
+        })
+        .clone()
+}
+
+/// A logged-in operator: the session cookie and CSRF token to send.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// `redrain_session=...`.
+    pub cookie: String,
+    /// The CSRF token.
+    pub csrf: String,
+}
+
+impl Session {
+    /// Logs in `name` (one of [`OPERATORS`]).
+    pub async fn login(c: &mut Conn, name: &str) -> Session {
+        let (_, _, password) = OPERATORS
+            .iter()
+            .find(|o| o.0 == name)
+            .expect("a test operator");
+        let r = c
+            .post_json(
+                "/admin/api/login",
+                &json!({"name": name, "password": password}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let set = r.headers["set-cookie"].to_str().unwrap();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
+        Session {
+            cookie: set.split(';').next().unwrap().to_string(),
+            csrf: r.json()["csrf"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Sends a request with the cookie, the CSRF token and a JSON body (none for null).
+    pub async fn send(&self, c: &mut Conn, method: Method, path: &str, body: &Value) -> Reply {
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(body).unwrap()
+        };
+        self.send_raw(c, method, path, body).await
+    }
+
+    /// Sends a request with the cookie, the CSRF token and `body` as it is.
+    pub async fn send_raw(
+        &self,
+        c: &mut Conn,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        c.send(
+            method,
+            path,
+            &[
+                ("cookie", self.cookie.as_str()),
+                ("x-csrf-token", self.csrf.as_str()),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await
+        .unwrap()
+    }
+}
+
 /// The seed of every in-process server.
 pub const SEED: u64 = 7;
 
@@ -175,6 +267,7 @@ impl Server {
             seed: SEED,
             delivery: Default::default(),
             reconcile_every: Duration::from_secs(3600),
+            operators: operators(),
         };
         let app = Arc::new(open(&settings, clock.clone()).await);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,1080 @@
+//! The admin API under `/admin/api/` and the admin page's files under `/admin/`
+//! (`docs/admin-api.md`): login, the config and its draft, review and publish, kill switches,
+//! point uploads, the live dashboard, the drop map, deliveries, reconciliation and the audit
+//! log. Every route names the role it needs; see [`crate::admin`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quota::config::{format_ms, Config, FieldError, RawConfig};
+use quota::ids::SeqNo;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::filters::BoxedFilter;
+use warp::http::{header, Response, StatusCode};
+use warp::Filter;
+
+use crate::admin::{credentials, Credentials, Principal, Role, SESSION_COOKIE};
+use crate::api::{body_limited, delivery_error, delivery_id, error_reply, json_ok, Reply};
+use crate::error::{parse_json, ApiError};
+use crate::server::{App, PublishFailure};
+use crate::storage::{Cf, Op};
+use quota::store::PublishError;
+
+/// Largest config or draft body.
+pub const MAX_CONFIG_BODY: usize = 1 << 20;
+/// Largest login or kill switch body.
+pub const MAX_SMALL_BODY: usize = 4 << 10;
+/// Largest uploaded point or zone file.
+pub const MAX_UPLOAD: usize = 64 << 20;
+/// Most drops the map answers one by one; past it, a density grid.
+pub const MAX_MAP_POINTS: usize = 20_000;
+/// The density grid's side.
+pub const MAP_GRID: usize = 64;
+
+const DRAFT_KEY: &[u8] = b"draft";
+
+/// The page's Content-Security-Policy: its own files only, no inline script or style.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Every `/admin` route.
+pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
+    let with_app = warp::any().map(move || app.clone());
+    let api = warp::path("admin")
+        .and(warp::path("api"))
+        .and(credentials())
+        .and(with_app.clone());
+
+    // Reads: each answers from the app and the caller.
+    macro_rules! read {
+        ($path:expr, $role:expr, $handler:expr) => {
+            api.clone().and($path).and(warp::get()).then(
+                |creds: Credentials, app: Arc<App>| async move {
+                    let result = async {
+                        let who = app.admin.require(&creds, $role, now(&app))?;
+                        $handler(app.clone(), who).await
+                    };
+                    result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
+                },
+            )
+        };
+    }
+    // Changes: a bounded body, checked only once the caller may make the change.
+    macro_rules! change {
+        ($method:expr, $path:expr, $role:expr, $limit:expr, $handler:expr) => {
+            api.clone()
+                .and($path)
+                .and($method)
+                .and(warp::query::<HashMap<String, String>>())
+                .and(body_limited($limit))
+                .then(
+                    |creds: Credentials,
+                     app: Arc<App>,
+                     query: HashMap<String, String>,
+                     body: Result<Bytes, ApiError>| async move {
+                        let result = async {
+                            let who = app.admin.require(&creds, $role, now(&app))?;
+                            $handler(app.clone(), who, query, body?).await
+                        };
+                        result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
+                    },
+                )
+        };
+    }
+
+    let login = warp::path!("admin" / "api" / "login")
+        .and(warp::post())
+        .and(with_app)
+        .and(body_limited(MAX_SMALL_BODY))
+        .then(|app: Arc<App>, body: Result<Bytes, ApiError>| async move {
+            login(app, body).await.unwrap_or_else(|e| error_reply(&e))
+        });
+    let logout = api
+        .clone()
+        .and(warp::path!("logout"))
+        .and(warp::post())
+        .map(|creds: Credentials, app: Arc<App>| {
+            match app.admin.require(&creds, Role::Viewer, now(&app)) {
+                Ok(_) => {
+                    app.admin.logout(&creds);
+                    with_cookie(json_ok(&json!({"ok": true})), "", 0)
+                }
+                Err(e) => error_reply(&e),
+            }
+        });
+    let session = api
+        .clone()
+        .and(warp::path!("session"))
+        .and(warp::get())
+        .map(|creds: Credentials, app: Arc<App>| {
+            app.admin
+                .session(&creds, now(&app))
+                .and_then(|s| json_ok(&s))
+                .unwrap_or_else(|e| error_reply(&e))
+        });
+
+    let config = read!(
+        warp::path!("config"),
+        Role::Viewer,
+        |app: Arc<App>, _| async move {
+            let snap = app.service.snapshot();
+            json_ok(&json!({"seq": snap.seq.0, "config": snap.config.raw}))
+        }
+    );
+    let post_config = change!(
+        warp::post(),
+        warp::path!("config"),
+        Role::Publisher,
+        MAX_CONFIG_BODY,
+        |app, who, _q, body| publish_document(app, who, body)
+    );
+    let draft = read!(
+        warp::path!("draft"),
+        Role::Viewer,
+        |app: Arc<App>, _| async move { json_ok(&draft_view(&app)?) }
+    );
+    let save_draft = change!(
+        warp::put(),
+        warp::path!("draft"),
+        Role::Editor,
+        MAX_CONFIG_BODY,
+        |app, who, _q, body| save_draft(app, who, body)
+    );
+    let discard_draft = change!(
+        warp::delete(),
+        warp::path!("draft"),
+        Role::Editor,
+        0,
+        |app, who, _q, _body| discard_draft(app, who)
+    );
+    let publish_draft = change!(
+        warp::post(),
+        warp::path!("draft" / "publish"),
+        Role::Publisher,
+        MAX_SMALL_BODY,
+        |app, who, _q, body| publish_draft(app, who, body)
+    );
+    let kill = change!(
+        warp::post(),
+        warp::path!("kill"),
+        Role::Publisher,
+        MAX_SMALL_BODY,
+        |app, who, _q, body| kill_switch(app, who, body)
+    );
+    let upload = change!(
+        warp::post(),
+        warp::path!("uploads"),
+        Role::Editor,
+        MAX_UPLOAD,
+        upload
+    );
+    let live = read!(
+        warp::path!("live"),
+        Role::Viewer,
+        |app: Arc<App>, _| async move { json_ok(&live(&app)) }
+    );
+    let audit = api
+        .clone()
+        .and(warp::path!("audit"))
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .map(
+            |creds: Credentials, app: Arc<App>, q: HashMap<String, String>| {
+                let result = (|| {
+                    app.admin.require(&creds, Role::Viewer, now(&app))?;
+                    let limit = count_param(&q, "limit", 200, crate::admin::MAX_AUDIT_LISTED)?;
+                    let entries = crate::admin::audit_log(&app.service.storage, limit)
+                        .map_err(ApiError::unavailable)?;
+                    json_ok(&json!({ "entries": entries }))
+                })();
+                result.unwrap_or_else(|e| error_reply(&e))
+            },
+        );
+    let drops = read!(
+        warp::path!("drops"),
+        Role::Viewer,
+        |app: Arc<App>, _| async move { blocking(app, |app| json_ok(&drop_tasks(&app))).await }
+    );
+    let map = api
+        .clone()
+        .and(warp::path!("drops" / String / "map"))
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .then(
+            |creds: Credentials, app: Arc<App>, task: String, q: HashMap<String, String>| async move {
+                let result = async {
+                    app.admin.require(&creds, Role::Viewer, now(&app))?;
+                    blocking(app, move |app| drop_map(&app, &task, &q)).await
+                };
+                result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
+            },
+        );
+
+    let delivery = read!(
+        warp::path!("delivery"),
+        Role::Viewer,
+        |app: Arc<App>, _| async move {
+            let (ready, later) = redrain_delivery::queue::LaneQueue::bytes_per_id();
+            json_ok(&json!({
+                "lanes": app.service.deliveries.stats(),
+                "queued_bytes_per_delivery": {"ready": ready, "retrying": later},
+            }))
+        }
+    );
+    let redrive_one = api
+        .clone()
+        .and(warp::path!("delivery" / String / "redrive"))
+        .and(warp::post())
+        .then(|creds: Credentials, app: Arc<App>, id: String| async move {
+            let result = async {
+                let who = app.admin.require(&creds, Role::Publisher, now(&app))?;
+                let did = delivery_id(&id)?;
+                let rec = app
+                    .service
+                    .deliveries
+                    .redrive(did, None)
+                    .await
+                    .map_err(delivery_error)?;
+                record(&app, &who, "redrive", vec![format!("delivery {id}")]).await?;
+                json_ok(&rec)
+            };
+            result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
+        });
+    let redrive_dead = api
+        .clone()
+        .and(warp::path!(
+            "delivery" / "partners" / String / "redrive-dead"
+        ))
+        .and(warp::post())
+        .then(
+            |creds: Credentials, app: Arc<App>, partner: String| async move {
+                let result = async {
+                    let who = app.admin.require(&creds, Role::Publisher, now(&app))?;
+                    let n = app
+                        .service
+                        .deliveries
+                        .redrive_dead(&partner)
+                        .await
+                        .map_err(delivery_error)?;
+                    let what = format!("{n} dead deliveries of partner {partner}");
+                    record(&app, &who, "redrive", vec![what]).await?;
+                    json_ok(&json!({"partner": partner, "redriven": n}))
+                };
+                result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
+            },
+        );
+    let reconciliation = api
+        .clone()
+        .and(warp::path!("reconciliation"))
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .then(
+            |creds: Credentials, app: Arc<App>, q: HashMap<String, String>| async move {
+                let result = async {
+                    app.admin.require(&creds, Role::Viewer, now(&app))?;
+                    let run = match q.get("run").map(String::as_str) {
+                        None | Some("false") => false,
+                        Some("true") => true,
+                        Some(other) => {
+                            return Err(ApiError::field(
+                                "run",
+                                format!("must be true or false, got {other:?}"),
+                            ))
+                        }
+                    };
+                    let latest = app.reconciliation.lock().clone();
+                    let report = match latest {
+                        Some(r) if !run => r,
+                        _ => reconcile_now(&app).await?,
+                    };
+                    json_ok(&*report)
+                };
+                result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
+            },
+        );
+    let reconcile_redrive = api
+        .clone()
+        .and(warp::path!("reconciliation" / "redrive"))
+        .and(warp::post())
+        .then(|creds: Credentials, app: Arc<App>| async move {
+            let result = async {
+                let who = app.admin.require(&creds, Role::Publisher, now(&app))?;
+                let (created, redriven) = redrive_mismatches(&app).await?;
+                let what =
+                    format!("created {created} missing deliveries, re-drove {redriven} dead");
+                record(&app, &who, "reconciliation_redrive", vec![what]).await?;
+                json_ok(&json!({"created": created, "redriven": redriven}))
+            };
+            result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
+        });
+
+    let page = warp::path("admin")
+        .and(warp::path::full())
+        .and(warp::path::tail())
+        .and(warp::get())
+        .map(|full: warp::path::FullPath, tail: warp::path::Tail| {
+            if full.as_str() == "/admin" {
+                // The page's links are relative to `/admin/`.
+                return Response::builder()
+                    .status(StatusCode::PERMANENT_REDIRECT)
+                    .header(header::LOCATION, "/admin/")
+                    .body(Bytes::new())
+                    .expect("static headers are valid");
+            }
+            page(tail.as_str())
+        });
+
+    // Boxed in groups: one long chain of `or`s overflows the compiler's type recursion limit.
+    let sessions = login.or(logout).unify().or(session).unify().boxed();
+    let configs = config
+        .or(post_config)
+        .unify()
+        .or(draft)
+        .unify()
+        .or(save_draft)
+        .unify()
+        .or(discard_draft)
+        .unify()
+        .or(publish_draft)
+        .unify()
+        .or(kill)
+        .unify()
+        .or(upload)
+        .unify()
+        .boxed();
+    let views = live
+        .or(audit)
+        .unify()
+        .or(drops)
+        .unify()
+        .or(map)
+        .unify()
+        .boxed();
+    let operations = delivery
+        .or(redrive_one)
+        .unify()
+        .or(redrive_dead)
+        .unify()
+        .or(reconciliation)
+        .unify()
+        .or(reconcile_redrive)
+        .unify()
+        .boxed();
+    sessions
+        .or(configs)
+        .unify()
+        .or(views)
+        .unify()
+        .or(operations)
+        .unify()
+        .or(page)
+        .unify()
+        .boxed()
+}
+
+fn now(app: &App) -> u64 {
+    app.service.clock.now_ms()
+}
+
+/// Runs `f` off the async workers (argon2, file parsing, walking millions of drops).
+async fn blocking<T: Send + 'static>(
+    app: Arc<App>,
+    f: impl FnOnce(Arc<App>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || f(app))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// Writes one audit entry for an action that changed no config.
+async fn record(
+    app: &App,
+    who: &Principal,
+    action: &'static str,
+    changes: Vec<String>,
+) -> Result<(), ApiError> {
+    let seq = app.service.snapshot().seq.0;
+    let op = app.admin.audit(who, action, seq, changes, now(app));
+    app.service
+        .storage
+        .commit(vec![op])
+        .await
+        .map_err(ApiError::unavailable)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    name: String,
+    password: String,
+}
+
+async fn login(app: Arc<App>, body: Result<Bytes, ApiError>) -> Result<Reply, ApiError> {
+    let req: LoginRequest = parse_json(&body?)?;
+    let at = now(&app);
+    let (cookie, view) = blocking(app.clone(), move |app| {
+        app.admin.login(&req.name, &req.password, at)
+    })
+    .await?;
+    tracing::info!(operator = %view.name, role = ?view.role, "operator logged in");
+    Ok(with_cookie(
+        json_ok(&view),
+        &cookie,
+        app.admin.session_ttl_s(),
+    ))
+}
+
+/// Sets (or, with `max_age_s` 0, clears) the session cookie on a reply.
+fn with_cookie(reply: Result<Reply, ApiError>, value: &str, max_age_s: u64) -> Reply {
+    let mut reply = reply.unwrap_or_else(|e| error_reply(&e));
+    let cookie = format!(
+        "{SESSION_COOKIE}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={max_age_s}"
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+        reply.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    reply
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config, draft, review, publish, kill switches
+// ---------------------------------------------------------------------------------------------
+
+/// A publish's failure as an API error naming the field at fault.
+pub fn publish_error(e: PublishFailure) -> ApiError {
+    let field = |field: &str, status, code, message: String| ApiError {
+        field: Some(field.to_string()),
+        ..ApiError::new(status, code, message)
+    };
+    match e {
+        PublishFailure::Store(PublishError::QuotaBelowIssued { field: ref f, .. }) => {
+            field(f, StatusCode::CONFLICT, "quota_below_issued", e.to_string())
+        }
+        PublishFailure::Store(PublishError::Persist(_)) => ApiError::unavailable(e),
+        PublishFailure::Stale { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "stale_review", e.to_string())
+        }
+        PublishFailure::Partner { field: ref f, .. } => field(
+            f,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_partner",
+            e.to_string(),
+        ),
+        PublishFailure::Drops(d) => field(
+            &d.field,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_drops",
+            d.to_string(),
+        ),
+    }
+}
+
+fn invalid_config(e: quota::config::ConfigErrors) -> ApiError {
+    ApiError {
+        errors: e.errors.clone(),
+        ..ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            e.to_string(),
+        )
+    }
+}
+
+/// Publishes `config` on behalf of `who` (off the async workers: drop tasks may be millions of
+/// points), with the audit entry and `also` in the same commit.
+async fn publish_as(
+    app: Arc<App>,
+    who: Principal,
+    config: Config,
+    expect: Option<SeqNo>,
+    action: &'static str,
+    also: Vec<Op>,
+) -> Result<u64, ApiError> {
+    blocking(app, move |app| {
+        let at = now(&app);
+        let extra = |seq: SeqNo, old: &RawConfig, new: &RawConfig| {
+            let changes = quota::diff::changes(&to_value(old), &to_value(new));
+            let mut ops = vec![app.admin.audit(&who, action, seq.0, changes, at)];
+            ops.extend(also.iter().cloned());
+            ops
+        };
+        let snap = crate::server::publish(&app.service, config, None, expect, &extra)
+            .map_err(publish_error)?;
+        tracing::info!(seq = snap.seq.0, operator = %who.name, action, "config published");
+        Ok(snap.seq.0)
+    })
+    .await
+}
+
+fn to_value(raw: &RawConfig) -> Value {
+    serde_json::to_value(raw).expect("a raw config serializes")
+}
+
+/// `POST /admin/api/config`: a whole TOML or JSON document (scripts).
+async fn publish_document(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply, ApiError> {
+    let parsed = match std::str::from_utf8(&body) {
+        Ok(text) if !text.trim_start().starts_with('{') => Config::from_toml(text),
+        Ok(_) => Config::from_json(&body),
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_toml",
+                "the config must be UTF-8 TOML or JSON",
+            ))
+        }
+    };
+    let config = parsed.map_err(invalid_config)?;
+    let seq = publish_as(app, who, config, None, "published", Vec::new()).await?;
+    json_ok(&json!({ "seq": seq }))
+}
+
+/// The draft as stored (meta `draft`).
+#[derive(serde::Serialize, Deserialize)]
+struct StoredDraft {
+    config: Value,
+    saved_by: String,
+    saved_at_ms: u64,
+}
+
+fn stored_draft(app: &App) -> Result<Option<StoredDraft>, ApiError> {
+    let bytes = app
+        .service
+        .storage
+        .get(Cf::Meta, DRAFT_KEY)
+        .map_err(ApiError::unavailable)?;
+    Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
+}
+
+/// What `check-config` and a publish would say of a draft.
+fn check_draft(app: &App, config: &Value) -> Vec<FieldError> {
+    let bytes = serde_json::to_vec(config).expect("a JSON value serializes");
+    match Config::from_json(&bytes) {
+        Err(e) => e.errors,
+        Ok(c) => match app
+            .service
+            .delivery_settings
+            .check_partners(&c, app.service.store.share())
+        {
+            Ok(()) => Vec::new(),
+            Err((field, problem)) => vec![FieldError { field, problem }],
+        },
+    }
+}
+
+/// The draft (or the live config when there is none), its problems and its changes.
+fn draft_view(app: &App) -> Result<Value, ApiError> {
+    let snap = app.service.snapshot();
+    let live = to_value(&snap.config.raw);
+    let (config, saved_by, saved_at) = match stored_draft(app)? {
+        Some(d) => (d.config, Some(d.saved_by), Some(format_ms(d.saved_at_ms))),
+        None => (live.clone(), None, None),
+    };
+    Ok(json!({
+        "errors": check_draft(app, &config),
+        "changes": quota::diff::changes(&live, &config),
+        "config": config,
+        "live_seq": snap.seq.0,
+        "saved_by": saved_by,
+        "saved_at": saved_at,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DraftRequest {
+    config: serde_json::Map<String, Value>,
+}
+
+async fn save_draft(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply, ApiError> {
+    let req: DraftRequest = parse_json(&body)?;
+    let mut config = Value::Object(req.config);
+    // A draft that reads as a config is stored with its defaults filled in, so the review
+    // shows only what the editor changed; one that does not is kept as written, to fix.
+    if let Ok(raw) = serde_json::from_value::<RawConfig>(config.clone()) {
+        config = to_value(&raw);
+    }
+    let before = match stored_draft(&app)? {
+        Some(d) => d.config,
+        None => to_value(&app.service.snapshot().config.raw),
+    };
+    let at = now(&app);
+    let changes = quota::diff::changes(&before, &config);
+    let stored = StoredDraft {
+        config,
+        saved_by: who.name.clone(),
+        saved_at_ms: at,
+    };
+    let seq = app.service.snapshot().seq.0;
+    let ops = vec![
+        Op::Put(
+            Cf::Meta,
+            DRAFT_KEY.to_vec(),
+            serde_json::to_vec(&stored).map_err(ApiError::internal)?,
+        ),
+        app.admin.audit(&who, "draft_saved", seq, changes, at),
+    ];
+    app.service
+        .storage
+        .commit(ops)
+        .await
+        .map_err(ApiError::unavailable)?;
+    json_ok(&draft_view(&app)?)
+}
+
+async fn discard_draft(app: Arc<App>, who: Principal) -> Result<Reply, ApiError> {
+    if let Some(d) = stored_draft(&app)? {
+        let snap = app.service.snapshot();
+        let changes = quota::diff::changes(&d.config, &to_value(&snap.config.raw));
+        let ops = vec![
+            Op::Delete(Cf::Meta, DRAFT_KEY.to_vec()),
+            app.admin
+                .audit(&who, "draft_discarded", snap.seq.0, changes, now(&app)),
+        ];
+        app.service
+            .storage
+            .commit(ops)
+            .await
+            .map_err(ApiError::unavailable)?;
+    }
+    json_ok(&draft_view(&app)?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishDraftRequest {
+    expect_seq: u64,
+}
+
+async fn publish_draft(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply, ApiError> {
+    let req: PublishDraftRequest = parse_json(&body)?;
+    let draft = stored_draft(&app)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_draft",
+            "there is no saved draft to publish",
+        )
+    })?;
+    let bytes = serde_json::to_vec(&draft.config).map_err(ApiError::internal)?;
+    let config = Config::from_json(&bytes).map_err(invalid_config)?;
+    let clear = vec![Op::Delete(Cf::Meta, DRAFT_KEY.to_vec())];
+    let expect = Some(SeqNo(req.expect_seq));
+    let seq = publish_as(app, who, config, expect, "published", clear).await?;
+    json_ok(&json!({ "seq": seq }))
+}
+
+/// What a kill switch flips.
+#[derive(Deserialize, Clone, Copy, Debug)]
+#[serde(rename_all = "lowercase")]
+enum KillKind {
+    Campaign,
+    Round,
+    Prize,
+    Partner,
+    Drops,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillRequest {
+    kind: KillKind,
+    id: String,
+    paused: bool,
+}
+
+/// The `paused` flag of the `kind` entry `id` in a raw config.
+fn paused_flag<'a>(raw: &'a mut RawConfig, kind: KillKind, id: &str) -> Option<&'a mut bool> {
+    match kind {
+        KillKind::Campaign => raw
+            .campaigns
+            .iter_mut()
+            .find(|c| c.id == id)
+            .map(|c| &mut c.paused),
+        KillKind::Partner => raw
+            .partners
+            .iter_mut()
+            .find(|p| p.id == id)
+            .map(|p| &mut p.paused),
+        KillKind::Round => raw
+            .rounds
+            .iter_mut()
+            .find(|r| r.id == id)
+            .map(|r| &mut r.paused),
+        KillKind::Drops => raw
+            .drops
+            .iter_mut()
+            .find(|d| d.id == id)
+            .map(|d| &mut d.paused),
+        KillKind::Prize => raw
+            .rounds
+            .iter_mut()
+            .flat_map(|r| r.prizes.iter_mut())
+            .chain(raw.drops.iter_mut().flat_map(|d| d.prizes.iter_mut()))
+            .find(|p| p.id == id)
+            .map(|p| &mut p.paused),
+    }
+}
+
+/// Publishes the live config with one `paused` flag set, made from (and only over) the live
+/// SeqNo it read.
+async fn kill_switch(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply, ApiError> {
+    let req: KillRequest = parse_json(&body)?;
+    let snap = app.service.snapshot();
+    let mut raw = snap.config.raw.clone();
+    let kind = format!("{:?}", req.kind).to_lowercase();
+    let flag = paused_flag(&mut raw, req.kind, &req.id)
+        .ok_or_else(|| ApiError::not_found(&kind, &req.id))?;
+    if *flag == req.paused {
+        return json_ok(&json!({"seq": snap.seq.0, "changed": false}));
+    }
+    *flag = req.paused;
+    let config = raw.validate().map_err(invalid_config)?;
+    let seq = publish_as(app, who, config, Some(snap.seq), "kill_switch", Vec::new()).await?;
+    json_ok(&json!({"seq": seq, "changed": true}))
+}
+
+/// Stores an uploaded POI or zone file under `DATA/uploads/`, named by its content so an
+/// upload never changes a file a published task reads; answers the path to put in the task.
+async fn upload(
+    app: Arc<App>,
+    who: Principal,
+    q: HashMap<String, String>,
+    body: Bytes,
+) -> Result<Reply, ApiError> {
+    let name = q
+        .get("name")
+        .ok_or_else(|| ApiError::field("name", "is required"))?
+        .clone();
+    let (stem, ext) = name
+        .rsplit_once('.')
+        .filter(|(stem, ext)| {
+            !stem.is_empty()
+                && stem.len() <= 100
+                && stem
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && matches!(*ext, "csv" | "geojson" | "json")
+        })
+        .ok_or_else(|| {
+            ApiError::field(
+                "name",
+                "must be letters, digits, '-' or '_' (at most 100) and end in .csv, .geojson or .json",
+            )
+        })?;
+    let (stem, ext) = (stem.to_string(), ext.to_string());
+    let bytes = body.len();
+    let (path, points) = blocking(app.clone(), move |app| {
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| ApiError::field("body", "must be UTF-8 text"))?;
+        let points = if ext == "csv" {
+            let pois = redrain_geo::points::parse_csv(text)
+                .map_err(|e| ApiError::field("body", e.to_string()))?;
+            Some(pois.len())
+        } else {
+            match redrain_geo::points::parse_geojson(text) {
+                Ok(pois) => Some(pois.len()),
+                Err(points_err) => match redrain_geo::zones::Zones::from_geojson(text) {
+                    Ok(_) => None,
+                    Err(zones_err) => {
+                        return Err(ApiError::field(
+                            "body",
+                            format!("neither points ({points_err}) nor zones ({zones_err})"),
+                        ))
+                    }
+                },
+            }
+        };
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(&body);
+        let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let dir = app.data_dir.join("uploads");
+        let path = dir.join(format!("{stem}-{short}.{ext}"));
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let tmp = path.with_extension("part");
+            std::fs::write(&tmp, &body)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(ApiError::unavailable)?;
+        let path = std::fs::canonicalize(&path).map_err(ApiError::internal)?;
+        Ok((path.display().to_string(), points))
+    })
+    .await?;
+    let what = format!(
+        "{path} ({} points)",
+        points.map_or("zones, no".into(), |n| n.to_string())
+    );
+    record(&app, &who, "upload", vec![what]).await?;
+    json_ok(&json!({"path": path, "bytes": bytes, "points": points}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dashboard and map
+// ---------------------------------------------------------------------------------------------
+
+/// `GET /admin/api/live`: everything the dashboard shows, read from memory.
+fn live(app: &App) -> Value {
+    let svc = &app.service;
+    let snap = svc.snapshot();
+    let config = &snap.config;
+    let now_ms = now(app);
+    let slot = quota::limiter::slot_of(now_ms);
+    let share = svc.store.share();
+    let rounds = config.every_round().map(|(path, round)| {
+        let campaign = &config.campaigns[round.campaign];
+        let (status, occurrence) = crate::api::round_status(round, campaign, now_ms);
+        let issued = svc.issued(round, occurrence.index);
+        let prizes: Vec<Value> = round
+            .prizes
+            .iter()
+            .zip(issued)
+            .map(|(p, issued)| {
+                json!({
+                    "id": p.id, "kind": p.kind.name(), "quota": p.quota, "issued": issued,
+                    "rate_per_s": p.rate_per_s, "node_rate_per_s": share.rate(p.rate_per_s),
+                    "paused": p.paused, "partner": config.partners[p.partner].id,
+                    "slots": svc.metrics.recent_wins(&p.id, slot),
+                })
+            })
+            .collect();
+        json!({
+            "id": round.id, "campaign": campaign.id, "name": round.name, "status": status,
+            "paused": round.paused, "kind": if path.starts_with("drops") { "drops" } else { "round" },
+            "prizes": prizes,
+        })
+    });
+    let rounds: Vec<Value> = rounds.collect();
+    let draws: serde_json::Map<String, Value> = crate::metrics::OUTCOMES
+        .iter()
+        .zip(&svc.metrics.draws)
+        .map(|(o, n)| {
+            (
+                o.to_string(),
+                n.load(std::sync::atomic::Ordering::Relaxed).into(),
+            )
+        })
+        .collect();
+    json!({
+        "seq": snap.seq.0,
+        "now": format_ms(now_ms),
+        "slot_ms": quota::limiter::SLOT_MS,
+        "draws": draws,
+        "claims": svc.metrics.claims.load(std::sync::atomic::Ordering::Relaxed),
+        "campaigns": config.campaigns.iter().map(|c| json!({"id": c.id, "name": c.name, "paused": c.paused})).collect::<Vec<_>>(),
+        "partners": config.partners.iter().map(|p| json!({"id": p.id, "name": p.name, "kind": p.kind, "paused": p.paused})).collect::<Vec<_>>(),
+        "rounds": rounds,
+        "lanes": svc.deliveries.stats(),
+        "ship_lag_bytes": svc.metrics.ship_lag(),
+    })
+}
+
+/// `GET /admin/api/drops`: each live drop task with its extent.
+fn drop_tasks(app: &App) -> Value {
+    let set = app.service.drops.load();
+    let snap = app.service.snapshot();
+    let tasks: Vec<Value> = set
+        .entries
+        .iter()
+        .map(|e| {
+            let task = snap.config.drop_task(&e.live.id);
+            let mut bbox = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
+            for c in &e.live.coords {
+                bbox = [
+                    bbox[0].min(c.lat()),
+                    bbox[1].min(c.lng()),
+                    bbox[2].max(c.lat()),
+                    bbox[3].max(c.lng()),
+                ];
+            }
+            json!({
+                "id": e.live.id,
+                "name": task.map_or("", |t| t.round.name.as_str()),
+                "points": e.live.coords.len(),
+                "per_drop": task.map_or(0, |t| t.per_drop),
+                "bbox": if e.live.coords.is_empty() { Value::Null } else { json!(bbox) },
+            })
+        })
+        .collect();
+    json!({ "tasks": tasks })
+}
+
+/// `GET /admin/api/drops/{task}/map`: the drops in a box, one by one or as a density grid.
+fn drop_map(app: &App, task: &str, q: &HashMap<String, String>) -> Result<Reply, ApiError> {
+    let coord = |name: &str, lo: f64, hi: f64| -> Result<f64, ApiError> {
+        let v = crate::api::number_param(q, name)?;
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ApiError::field(name, format!("must be from {lo} to {hi}")))
+        }
+    };
+    let (south, north) = (coord("south", -90.0, 90.0)?, coord("north", -90.0, 90.0)?);
+    let (west, east) = (coord("west", -180.0, 180.0)?, coord("east", -180.0, 180.0)?);
+    if south >= north || west >= east {
+        return Err(ApiError::field(
+            "south",
+            "the box needs south < north and west < east",
+        ));
+    }
+    let max = count_param(q, "max", 2000, MAX_MAP_POINTS)?;
+    let set = app.service.drops.load();
+    let entry = set
+        .entry(task)
+        .ok_or_else(|| ApiError::not_found("drop task", task))?;
+    let per_drop = app
+        .service
+        .snapshot()
+        .config
+        .drop_task(task)
+        .map_or(0, |t| t.per_drop);
+    let live = &entry.live;
+    let remaining = |n: usize| per_drop.saturating_sub(live.claims.claimed(n as u32));
+    let inside = |c: &redrain_geo::Coord| {
+        (south..=north).contains(&c.lat()) && (west..=east).contains(&c.lng())
+    };
+    let mut cells = vec![[0u64; 2]; MAP_GRID * MAP_GRID];
+    let mut total = 0usize;
+    for (n, c) in live.coords.iter().enumerate().filter(|(_, c)| inside(c)) {
+        let row = (((north - c.lat()) / (north - south)) * MAP_GRID as f64) as usize;
+        let col = (((c.lng() - west) / (east - west)) * MAP_GRID as f64) as usize;
+        let cell = &mut cells[row.min(MAP_GRID - 1) * MAP_GRID + col.min(MAP_GRID - 1)];
+        cell[0] += 1;
+        cell[1] += u64::from(remaining(n));
+        total += 1;
+    }
+    if total <= max {
+        let points: Vec<_> = live
+            .coords
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| inside(c))
+            .map(|(n, c)| json!([c.lat(), c.lng(), remaining(n)]))
+            .collect();
+        json_ok(&json!({"mode": "points", "per_drop": per_drop, "total": total, "points": points}))
+    } else {
+        json_ok(&json!({
+            "mode": "density", "per_drop": per_drop, "total": total,
+            "rows": MAP_GRID, "cols": MAP_GRID, "cells": cells,
+        }))
+    }
+}
+
+/// A whole-number query parameter from 1 to `max`, `default` when absent.
+fn count_param(
+    q: &HashMap<String, String>,
+    name: &str,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match q.get(name) {
+        None => Ok(default),
+        Some(text) => text
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::field(
+                    name,
+                    format!("must be a whole number from 1 to {max}, got {text:?}"),
+                )
+            }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reconciliation
+// ---------------------------------------------------------------------------------------------
+
+/// Reconciles this node's ledger now, off the async workers.
+async fn reconcile_now(app: &Arc<App>) -> Result<Arc<crate::reconcile::Report>, ApiError> {
+    let a = app.clone();
+    tokio::task::spawn_blocking(move || a.reconcile())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::unavailable)
+}
+
+/// Reconciles now, then closes what re-driving can close: a win without a delivery record gets
+/// a pending one (unless one exists by now), a dead delivery is sent again. Idempotent: a
+/// second run finds nothing left to create, and re-driving a pending delivery changes nothing.
+/// Answers (created, re-driven).
+async fn redrive_mismatches(app: &Arc<App>) -> Result<(usize, usize), ApiError> {
+    let report = reconcile_now(app).await?;
+    let svc = &app.service;
+    let mut created = 0;
+    for win in &report.missing_wins {
+        let id = &win.view.win_id;
+        let Some(did) = redrain_delivery::record::DeliveryId::parse(id) else {
+            continue;
+        };
+        if svc
+            .storage
+            .get(Cf::Deliveries, id.as_bytes())
+            .map_err(ApiError::unavailable)?
+            .is_some()
+        {
+            continue;
+        }
+        let mut rec = win.pending_delivery();
+        // Retries run to the partner's deadline from now, not from the (maybe old) win.
+        let deadline_s = svc
+            .snapshot()
+            .config
+            .partners
+            .iter()
+            .find(|p| p.id.as_str() == win.partner)
+            .map_or(quota::config::DEFAULT_RETRY_DEADLINE_S, |p| {
+                p.retry_deadline_s
+            });
+        rec.deadline_ms = svc.clock.now_ms() + u64::from(deadline_s) * 1000;
+        svc.storage
+            .commit(crate::delivery::record_ops(&rec, None))
+            .await
+            .map_err(ApiError::unavailable)?;
+        svc.deliveries.enqueue(&win.partner, did);
+        created += 1;
+    }
+    let mut redriven = 0;
+    for id in &report.mismatches.dead {
+        if let Some(did) = redrain_delivery::record::DeliveryId::parse(id) {
+            svc.deliveries
+                .redrive(did, None)
+                .await
+                .map_err(delivery_error)?;
+            redriven += 1;
+        }
+    }
+    Ok((created, redriven))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The page
+// ---------------------------------------------------------------------------------------------
+
+/// `/admin/...`: the page's embedded files (`/admin` and `/admin/` are the page itself).
+fn page(path: &str) -> Reply {
+    let path = if path.is_empty() { "index.html" } else { path };
+    let Some(asset) = redrain_admin_ui::asset(path) else {
+        return error_reply(&ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route",
+        ));
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, asset.content_type)
+        .header(header::CONTENT_SECURITY_POLICY, CSP)
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::X_FRAME_OPTIONS, "DENY")
+        .header(header::REFERRER_POLICY, "no-referrer")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Bytes::from_static(asset.body))
+        .expect("static headers are valid")
+}

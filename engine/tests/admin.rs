@@ -1,0 +1,591 @@
+//! The admin API over HTTP: who may call what (every route of docs/admin-api.md), sessions
+//! and CSRF, the draft → review → publish flow, kill switches, the audit log, the dashboard's
+//! numbers, uploads and the drop map.
+
+mod common;
+
+use common::*;
+use hyper::Method;
+use serde_json::{json, Value};
+
+/// An always-live round `rain` with two always-winning cash prizes of equal weight.
+fn config() -> String {
+    format!(
+        "{}{}{}{}{}",
+        campaign("spring", ""),
+        PARTNERS,
+        live_round("rain", "spring", 1000, 0),
+        cash_prize("lucky", 100, 100_000, 100_000, 50),
+        cash_prize("big", 800, 100_000, 100_000, 50),
+    )
+}
+
+/// Every admin route of docs/admin-api.md with the role it needs (`None`: any session).
+fn documented_routes() -> Vec<(Method, String, Option<&'static str>)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/admin-api.md"))
+        .unwrap();
+    let mut routes = Vec::new();
+    for line in doc.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let route = cells[1].trim_matches('`');
+        // The roles table has rows of this shape too.
+        let Some((method, rest)) = route
+            .split_once(' ')
+            .filter(|(m, _)| ["GET", "POST", "PUT", "DELETE"].contains(m))
+        else {
+            continue;
+        };
+        let path = rest
+            .split(['`', '?', '['])
+            .next()
+            .unwrap()
+            .trim()
+            .replace("{win_id}", "000000000000000000000001")
+            .replace("{id}", "wallet")
+            .replace("{task}", "nowhere");
+        let role = match cells[2] {
+            "viewer" => Some("viewer"),
+            "editor" => Some("editor"),
+            "publisher" => Some("publisher"),
+            "any" | "—" => None,
+            other => panic!("unknown role {other:?} in {line}"),
+        };
+        routes.push((method.parse().unwrap(), path, role));
+    }
+    assert!(routes.len() >= 20, "{routes:?}");
+    routes
+}
+
+fn rank(role: &str) -> u8 {
+    match role {
+        "viewer" => 0,
+        "editor" => 1,
+        _ => 2,
+    }
+}
+
+#[tokio::test]
+async fn every_admin_route_refuses_strangers_wrong_roles_and_missing_csrf() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &config(), t0()).await;
+    let mut c = server.conn().await;
+    let sessions = [
+        ("viewer", Session::login(&mut c, "vic").await),
+        ("editor", Session::login(&mut c, "eve").await),
+        ("publisher", Session::login(&mut c, "pat").await),
+    ];
+    let before = get_config(&mut c).await;
+    for (method, path, role) in documented_routes() {
+        if path == "/admin/api/login" {
+            continue;
+        }
+        let what = format!("{method} {path}");
+        // No credentials, a wrong bearer token, a cookie that is no session.
+        for headers in [
+            vec![],
+            vec![("authorization", "Bearer not-the-token-at-all")],
+            vec![("cookie", "redrain_session=forged"), ("x-csrf-token", "x")],
+        ] {
+            let r = c.send(method.clone(), &path, &headers, "{}").await.unwrap();
+            assert_eq!(r.status, 401, "{what} with {headers:?}");
+            assert_eq!(r.json()["code"], "unauthorized", "{what}");
+        }
+        let Some(role) = role else { continue };
+        for (name, session) in &sessions {
+            if rank(name) < rank(role) {
+                let r = session
+                    .send(&mut c, method.clone(), &path, &json!({}))
+                    .await;
+                assert_eq!(r.status, 403, "{what} as {name}: {:?}", r.json());
+                assert_eq!(r.json()["code"], "forbidden", "{what} as {name}");
+            }
+        }
+        if method != Method::GET {
+            // The right role, but no CSRF token: a foreign page riding on the cookie.
+            let (_, session) = &sessions[rank(role) as usize];
+            let r = c
+                .send(
+                    method.clone(),
+                    &path,
+                    &[("cookie", session.cookie.as_str())],
+                    "{}",
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 403, "{what} without CSRF");
+            assert_eq!(r.json()["code"], "csrf", "{what}");
+        }
+    }
+    // Nothing was changed by any of it.
+    assert_eq!(get_config(&mut c).await, before);
+    let audit = sessions[0]
+        .1
+        .send(&mut c, Method::GET, "/admin/api/audit", &Value::Null)
+        .await;
+    assert_eq!(audit.json()["entries"], json!([]));
+    server.stop().await;
+}
+
+async fn get_config(c: &mut redrain::client::Conn) -> Value {
+    let r = c
+        .send(
+            Method::GET,
+            "/admin/api/config",
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    r.json()
+}
+
+#[tokio::test]
+async fn sessions_expire_and_end_at_logout_and_logins_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &config(), t0()).await;
+    let mut c = server.conn().await;
+    let r = c
+        .post_json(
+            "/admin/api/login",
+            &json!({"name": "vic", "password": "wrong"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (401, json!("bad_credentials"))
+    );
+    assert!(r.headers.get("set-cookie").is_none());
+    let r = c
+        .post_json("/admin/api/login", &json!({"name": "vic"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("password"))
+    );
+
+    let vic = Session::login(&mut c, "vic").await;
+    let me = vic
+        .send(&mut c, Method::GET, "/admin/api/session", &Value::Null)
+        .await;
+    assert_eq!(me.json()["role"], "viewer");
+    // The operators file says an hour.
+    server.clock.advance(3_601_000);
+    let r = vic
+        .send(&mut c, Method::GET, "/admin/api/live", &Value::Null)
+        .await;
+    assert_eq!(r.status, 401);
+
+    let pat = Session::login(&mut c, "pat").await;
+    let r = pat
+        .send(&mut c, Method::POST, "/admin/api/logout", &Value::Null)
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    let r = pat
+        .send(&mut c, Method::GET, "/admin/api/live", &Value::Null)
+        .await;
+    assert_eq!(r.status, 401);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_draft_is_saved_with_its_problems_reviewed_and_published_by_a_publisher_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &config(), t0()).await;
+    let mut c = server.conn().await;
+    let (eve, pat) = (
+        Session::login(&mut c, "eve").await,
+        Session::login(&mut c, "pat").await,
+    );
+    let draft = eve
+        .send(&mut c, Method::GET, "/admin/api/draft", &Value::Null)
+        .await
+        .json();
+    assert_eq!(draft["saved_by"], Value::Null);
+    assert_eq!(draft["changes"], json!([]));
+    let live_seq = draft["live_seq"].as_u64().unwrap();
+
+    // A second round with two prizes, one with a rate of 0.
+    let mut config = draft["config"].clone();
+    let mut round = config["rounds"][0].clone();
+    round["id"] = json!("night");
+    round["prizes"][0]["id"] = json!("moon");
+    round["prizes"][0]["rate_per_s"] = json!(0);
+    round["prizes"][1]["id"] = json!("star");
+    config["rounds"].as_array_mut().unwrap().push(round);
+    let r = eve
+        .send(
+            &mut c,
+            Method::PUT,
+            "/admin/api/draft",
+            &json!({"config": config}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let saved = r.json();
+    assert_eq!(saved["saved_by"], "eve");
+    assert_eq!(
+        saved["errors"],
+        json!([{"field": "rounds[1].prizes[0].rate_per_s", "problem": "must be at least 1"}])
+    );
+    assert_eq!(saved["changes"], json!(["rounds[night]: added"]));
+    // An invalid draft does not publish.
+    let r = pat
+        .send(
+            &mut c,
+            Method::POST,
+            "/admin/api/draft/publish",
+            &json!({"expect_seq": live_seq}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (422, json!("invalid_config"))
+    );
+    assert_eq!(
+        r.json()["errors"][0]["field"],
+        "rounds[1].prizes[0].rate_per_s"
+    );
+
+    config["rounds"][1]["prizes"][0]["rate_per_s"] = json!(10);
+    let r = eve
+        .send(
+            &mut c,
+            Method::PUT,
+            "/admin/api/draft",
+            &json!({"config": config}),
+        )
+        .await;
+    assert_eq!(r.json()["errors"], json!([]));
+    // An editor may not publish; a review against an older SeqNo may not either.
+    let r = eve
+        .send(
+            &mut c,
+            Method::POST,
+            "/admin/api/draft/publish",
+            &json!({"expect_seq": live_seq}),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = pat
+        .send(
+            &mut c,
+            Method::POST,
+            "/admin/api/draft/publish",
+            &json!({"expect_seq": live_seq - 1}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (409, json!("stale_review"))
+    );
+    let r = pat
+        .send(
+            &mut c,
+            Method::POST,
+            "/admin/api/draft/publish",
+            &json!({"expect_seq": live_seq}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["seq"], live_seq + 1);
+    assert_eq!(
+        get_ok(&mut c, "/v1/rounds/night").await["seq"],
+        live_seq + 1
+    );
+    // The draft is used up: it is the live config again.
+    let draft = eve
+        .send(&mut c, Method::GET, "/admin/api/draft", &Value::Null)
+        .await
+        .json();
+    assert_eq!(
+        (draft["saved_by"].clone(), draft["changes"].clone()),
+        (Value::Null, json!([]))
+    );
+
+    let audit = pat
+        .send(&mut c, Method::GET, "/admin/api/audit", &Value::Null)
+        .await
+        .json();
+    let entries: Vec<(String, String, u64)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["who"].as_str().unwrap().into(),
+                e["action"].as_str().unwrap().into(),
+                e["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        vec![
+            ("pat".into(), "published".into(), live_seq + 1),
+            ("eve".into(), "draft_saved".into(), live_seq),
+            ("eve".into(), "draft_saved".into(), live_seq),
+        ]
+    );
+    assert_eq!(
+        audit["entries"][0]["changes"],
+        json!(["rounds[night]: added"])
+    );
+    assert_eq!(
+        audit["entries"][1]["changes"],
+        json!(["rounds[night].prizes[moon].rate_per_s: 0 → 10"])
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_paused_prize_is_never_won_and_the_dashboard_counts_every_win_in_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &config(), t0()).await;
+    let mut c = server.conn().await;
+    let pat = Session::login(&mut c, "pat").await;
+    let mut won = std::collections::HashMap::<String, u64>::new();
+    for i in 0..40 {
+        let v = draw_ok(&mut c, "rain", &format!("u{i}"), "r1", 1).await;
+        *won.entry(v["wins"][0]["prize"].as_str().unwrap().into())
+            .or_default() += 1;
+    }
+    assert!(won["big"] > 0 && won["lucky"] > 0, "{won:?}");
+    let live = pat
+        .send(&mut c, Method::GET, "/admin/api/live", &Value::Null)
+        .await
+        .json();
+    assert_eq!(live["draws"]["win"], 40);
+    for p in live["rounds"][0]["prizes"].as_array().unwrap() {
+        let slots: u64 = p["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(p["slots"].as_array().unwrap().len(), 600);
+        assert_eq!(slots, won[p["id"].as_str().unwrap()], "{p}");
+        assert_eq!(p["issued"].as_u64().unwrap(), slots);
+        // The manual clock stood still: every win is in the last slot.
+        assert_eq!(p["slots"][599].as_u64().unwrap(), slots);
+    }
+
+    let r = pat
+        .send(
+            &mut c,
+            Method::POST,
+            "/admin/api/kill",
+            &json!({"kind": "prize", "id": "big", "paused": true}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let seq = r.json()["seq"].as_u64().unwrap();
+    for i in 0..40 {
+        let v = draw_ok(&mut c, "rain", &format!("u{i}"), "r2", 1).await;
+        assert_eq!(v["wins"][0]["prize"], "lucky", "{v}");
+    }
+    // Flipping it to where it is changes nothing; an unknown id is a 404.
+    let r = pat
+        .send(
+            &mut c,
+            Method::POST,
+            "/admin/api/kill",
+            &json!({"kind": "prize", "id": "big", "paused": true}),
+        )
+        .await;
+    assert_eq!(
+        (r.json()["seq"].as_u64(), r.json()["changed"].clone()),
+        (Some(seq), json!(false))
+    );
+    let r = pat
+        .send(
+            &mut c,
+            Method::POST,
+            "/admin/api/kill",
+            &json!({"kind": "round", "id": "nope", "paused": true}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = pat
+        .send(
+            &mut c,
+            Method::POST,
+            "/admin/api/kill",
+            &json!({"kind": "planet", "id": "big", "paused": true}),
+        )
+        .await;
+    assert_eq!((r.status, r.json()["field"].clone()), (400, json!("kind")));
+    let audit = pat
+        .send(
+            &mut c,
+            Method::GET,
+            "/admin/api/audit?limit=1",
+            &Value::Null,
+        )
+        .await
+        .json();
+    assert_eq!(audit["entries"][0]["action"], "kill_switch");
+    assert_eq!(
+        audit["entries"][0]["changes"],
+        json!(["rounds[rain].prizes[big].paused: false → true"])
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn uploads_are_checked_and_the_map_answers_points_or_density() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &config(), t0()).await;
+    let mut c = server.conn().await;
+    let eve = Session::login(&mut c, "eve").await;
+    let csv: String = (0..300)
+        .map(|i| {
+            format!(
+                "{},{}\n",
+                31.2 + f64::from(i % 20) * 0.001,
+                121.4 + f64::from(i / 20) * 0.001
+            )
+        })
+        .collect();
+    let upload = |name: &str| format!("/admin/api/uploads?name={name}");
+    let r = eve
+        .send_raw(&mut c, Method::POST, &upload("square.csv"), csv.clone())
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["points"], 300);
+    let stored = r.json()["path"].as_str().unwrap().to_string();
+    assert_eq!(std::fs::read_to_string(&stored).unwrap(), csv);
+    for (name, body, field) in [
+        ("../evil.csv", csv.clone(), "name"),
+        ("square.exe", csv.clone(), "name"),
+        ("bad.csv", "north,south\n".to_string(), "body"),
+    ] {
+        let r = eve
+            .send_raw(&mut c, Method::POST, &upload(name), body)
+            .await;
+        assert_eq!(
+            (r.status, r.json()["field"].clone()),
+            (400, json!(field)),
+            "{name}"
+        );
+    }
+
+    // A drop task on the uploaded points, published through the draft.
+    let draft = eve
+        .send(&mut c, Method::GET, "/admin/api/draft", &Value::Null)
+        .await
+        .json();
+    let mut config = draft["config"].clone();
+    config["drops"] = json!([{
+        "id": "square", "campaign": "spring", "points": stored, "radius_m": 50,
+        "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2036-01-01T00:00:00Z",
+        "per_drop": 2, "max_claims_per_user": 5,
+        "prizes": [{"id": "drop-cash", "kind": "cash", "amount_cents": 10, "partner": "wallet",
+                    "quota": 1000, "rate_per_s": 100, "weight": 1}]
+    }]);
+    let r = eve
+        .send(
+            &mut c,
+            Method::PUT,
+            "/admin/api/draft",
+            &json!({"config": config}),
+        )
+        .await;
+    assert_eq!(r.json()["errors"], json!([]));
+    let pat = Session::login(&mut c, "pat").await;
+    let expect = r.json()["live_seq"].clone();
+    let r = pat
+        .send(
+            &mut c,
+            Method::POST,
+            "/admin/api/draft/publish",
+            &json!({"expect_seq": expect}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+
+    let tasks = eve
+        .send(&mut c, Method::GET, "/admin/api/drops", &Value::Null)
+        .await
+        .json();
+    assert_eq!(tasks["tasks"][0]["points"], 300);
+    let bbox = tasks["tasks"][0]["bbox"].clone();
+    let q = format!(
+        "south={}&west={}&north={}&east={}",
+        bbox[0], bbox[1], bbox[2], bbox[3]
+    );
+    let map = eve
+        .send(
+            &mut c,
+            Method::GET,
+            &format!("/admin/api/drops/square/map?{q}"),
+            &Value::Null,
+        )
+        .await
+        .json();
+    assert_eq!(
+        (map["mode"].clone(), map["total"].clone()),
+        (json!("points"), json!(300))
+    );
+    assert!(map["points"].as_array().unwrap().iter().all(|p| p[2] == 2));
+    let map = eve
+        .send(
+            &mut c,
+            Method::GET,
+            &format!("/admin/api/drops/square/map?{q}&max=100"),
+            &Value::Null,
+        )
+        .await
+        .json();
+    assert_eq!(map["mode"], "density");
+    let cells = map["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 64 * 64);
+    let counted: u64 = cells.iter().map(|c| c[0].as_u64().unwrap()).sum();
+    let remaining: u64 = cells.iter().map(|c| c[1].as_u64().unwrap()).sum();
+    assert_eq!((counted, remaining), (300, 600));
+    let r = eve
+        .send(
+            &mut c,
+            Method::GET,
+            "/admin/api/drops/square/map?south=1&west=1&north=0&east=2",
+            &Value::Null,
+        )
+        .await;
+    assert_eq!((r.status, r.json()["field"].clone()), (400, json!("south")));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_a_strict_content_security_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &config(), t0()).await;
+    let mut c = server.conn().await;
+    let r = c.get("/admin").await.unwrap();
+    assert_eq!(
+        (r.status, r.headers["location"].to_str().unwrap()),
+        (308, "/admin/")
+    );
+    for (path, ctype) in [
+        ("/admin/", "text/html; charset=utf-8"),
+        ("/admin/app.js", "text/javascript; charset=utf-8"),
+        ("/admin/app.css", "text/css; charset=utf-8"),
+    ] {
+        let r = c.get(path).await.unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.headers["content-type"], ctype);
+        let csp = r.headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+            "{csp}"
+        );
+    }
+    assert_eq!(c.get("/admin/../Cargo.toml").await.unwrap().status, 404);
+    assert_eq!(c.get("/admin/nothing.js").await.unwrap().status, 404);
+    server.stop().await;
+}
