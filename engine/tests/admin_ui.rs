@@ -11,15 +11,48 @@ use common::*;
 use serde_json::{json, Value};
 use webdriver::Browser;
 
-/// An always-live round `rain` with one prize.
+/// An always-live round `rain` with one prize, and a drop task `square` on `points.csv`.
 fn config() -> String {
     format!(
-        "{}{}{}{}",
+        "{}{}{}{}{}",
         campaign("spring", ""),
         PARTNERS,
         live_round("rain", "spring", 1000, 100),
         cash_prize("lucky", 100, 100_000, 100_000, 50),
+        r#"
+[[drops]]
+id = "square"
+campaign = "spring"
+points = "points.csv"
+radius_m = 50
+starts_at = "2026-01-01T00:00:00Z"
+ends_at = "2036-01-01T00:00:00Z"
+per_drop = 2
+max_claims_per_user = 5
+
+[[drops.prizes]]
+id = "drop-cash"
+kind = "cash"
+amount_cents = 10
+partner = "wallet"
+quota = 1000
+rate_per_s = 100
+weight = 1
+"#
     )
+}
+
+/// 300 points on a 20 × 15 grid about 100 m apart, near People's Square.
+fn points() -> String {
+    (0..300)
+        .map(|i| {
+            format!(
+                "{},{}\n",
+                31.22 + f64::from(i % 20) * 0.001,
+                121.46 + f64::from(i / 20) * 0.001
+            )
+        })
+        .collect()
 }
 
 const EVIL_ROUND: &str = "<img src=x onerror=\"window.__xss=1\">";
@@ -51,6 +84,7 @@ async fn draw_all(
 #[tokio::test]
 async fn an_operator_configures_publishes_watches_and_pauses_a_round_in_the_browser() {
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("points.csv"), points()).unwrap();
     let server = Server::with_config(dir.path(), &config(), t0()).await;
     let base = format!("http://{}", server.addr);
     let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ui-artifacts");
@@ -191,6 +225,19 @@ async fn an_operator_configures_publishes_watches_and_pauses_a_round_in_the_brow
     );
     assert!(rows[0][5].contains("rounds[night].prizes[moon].paused: false → true"));
     b.screenshot("audit").await;
+
+    // The map draws the task's drops on its canvas.
+    b.click("a[href=\"#/map\"]").await;
+    b.wait_text("#map-legend", "300 in the task").await;
+    b.wait_text("#map-legend", "drops in view").await;
+    let painted = "const c = document.querySelector('#map-canvas'); \
+                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+                   const seen = new Set(); \
+                   for (let i = 0; i < d.length; i += 4 * 97) seen.add(`${d[i]},${d[i+1]},${d[i+2]}`); \
+                   return seen.size > 1;";
+    b.wait_until("the map canvas shows drops", painted, json!([]))
+        .await;
+    b.screenshot("map").await;
 
     // A viewer sees the same dashboard but may not flip a switch.
     b.click("#logout").await;
