@@ -255,6 +255,9 @@ pub struct Admin {
     token: String,
     sessions: parking_lot::Mutex<HashMap<String, Session>>,
     logins: WindowLimiter,
+    /// Password checks running at once: each costs a core for tens of milliseconds, so a flood
+    /// of logins (under many names) waits here instead of taking the draws' cores.
+    pub checking: tokio::sync::Semaphore,
     /// Tells apart audit entries written in the same millisecond.
     audit_n: AtomicU32,
 }
@@ -267,6 +270,7 @@ impl Admin {
             token,
             sessions: Default::default(),
             logins: WindowLimiter::new(MAX_LOGINS_PER_MIN, 60_000),
+            checking: tokio::sync::Semaphore::new(1),
             audit_n: AtomicU32::new(0),
         }
     }

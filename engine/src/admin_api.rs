@@ -418,6 +418,12 @@ struct LoginRequest {
 async fn login(app: Arc<App>, body: Result<Bytes, ApiError>) -> Result<Reply, ApiError> {
     let req: LoginRequest = parse_json(&body?)?;
     let at = now(&app);
+    let _one_check_at_a_time = app
+        .admin
+        .checking
+        .acquire()
+        .await
+        .map_err(ApiError::internal)?;
     let (cookie, view) = blocking(app.clone(), move |app| {
         app.admin.login(&req.name, &req.password, at)
     })
