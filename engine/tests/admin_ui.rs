@@ -239,6 +239,17 @@ async fn an_operator_configures_publishes_watches_and_pauses_a_round_in_the_brow
         .await;
     b.screenshot("map").await;
 
+    // Reconciliation over the ledger: every win has its (pending) delivery.
+    b.click("a[href=\"#/reconciliation\"]").await;
+    b.click("#recon-run").await;
+    b.wait_text(
+        "#recon-ok",
+        "OK: issued counters, wins and deliveries add up",
+    )
+    .await;
+    b.wait_text("#recon-prizes tbody", "moon").await;
+    b.screenshot("reconciliation").await;
+
     // A viewer sees the same dashboard but may not flip a switch.
     b.click("#logout").await;
     b.fill("#login-name", "vic").await;
