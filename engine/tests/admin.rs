@@ -118,10 +118,7 @@ async fn every_admin_route_refuses_strangers_wrong_roles_and_missing_csrf() {
     }
     // Nothing was changed by any of it.
     assert_eq!(get_config(&mut c).await, before);
-    let audit = sessions[0]
-        .1
-        .send(&mut c, Method::GET, "/admin/api/audit", &Value::Null)
-        .await;
+    let audit = sessions[0].1.get(&mut c, "/admin/api/audit").await;
     assert_eq!(audit.json()["entries"], json!([]));
     server.stop().await;
 }
@@ -167,29 +164,21 @@ async fn sessions_expire_and_end_at_logout_and_logins_are_checked() {
     );
 
     let vic = Session::login(&mut c, "vic").await;
-    let me = vic
-        .send(&mut c, Method::GET, "/admin/api/session", &Value::Null)
-        .await;
+    let me = vic.get(&mut c, "/admin/api/session").await;
     assert_eq!(me.json()["role"], "viewer");
     // The operators file says an hour.
     server.clock.advance(3_601_000);
-    let r = vic
-        .send(&mut c, Method::GET, "/admin/api/live", &Value::Null)
-        .await;
+    let r = vic.get(&mut c, "/admin/api/live").await;
     assert_eq!(r.status, 401);
 
     let pat = Session::login(&mut c, "pat").await;
-    let r = pat
-        .send(&mut c, Method::POST, "/admin/api/logout", &Value::Null)
-        .await;
+    let r = pat.post(&mut c, "/admin/api/logout", &Value::Null).await;
     assert_eq!(r.status, 200);
     assert!(r.headers["set-cookie"]
         .to_str()
         .unwrap()
         .contains("Max-Age=0"));
-    let r = pat
-        .send(&mut c, Method::GET, "/admin/api/live", &Value::Null)
-        .await;
+    let r = pat.get(&mut c, "/admin/api/live").await;
     assert_eq!(r.status, 401);
     server.stop().await;
 }
@@ -203,10 +192,7 @@ async fn a_draft_is_saved_with_its_problems_reviewed_and_published_by_a_publishe
         Session::login(&mut c, "eve").await,
         Session::login(&mut c, "pat").await,
     );
-    let draft = eve
-        .send(&mut c, Method::GET, "/admin/api/draft", &Value::Null)
-        .await
-        .json();
+    let draft = eve.get(&mut c, "/admin/api/draft").await.json();
     assert_eq!(draft["saved_by"], Value::Null);
     assert_eq!(draft["changes"], json!([]));
     let live_seq = draft["live_seq"].as_u64().unwrap();
@@ -237,9 +223,8 @@ async fn a_draft_is_saved_with_its_problems_reviewed_and_published_by_a_publishe
     assert_eq!(saved["changes"], json!(["rounds[night]: added"]));
     // An invalid draft does not publish.
     let r = pat
-        .send(
+        .post(
             &mut c,
-            Method::POST,
             "/admin/api/draft/publish",
             &json!({"expect_seq": live_seq}),
         )
@@ -265,18 +250,16 @@ async fn a_draft_is_saved_with_its_problems_reviewed_and_published_by_a_publishe
     assert_eq!(r.json()["errors"], json!([]));
     // An editor may not publish; a review against an older SeqNo may not either.
     let r = eve
-        .send(
+        .post(
             &mut c,
-            Method::POST,
             "/admin/api/draft/publish",
             &json!({"expect_seq": live_seq}),
         )
         .await;
     assert_eq!(r.status, 403);
     let r = pat
-        .send(
+        .post(
             &mut c,
-            Method::POST,
             "/admin/api/draft/publish",
             &json!({"expect_seq": live_seq - 1}),
         )
@@ -286,9 +269,8 @@ async fn a_draft_is_saved_with_its_problems_reviewed_and_published_by_a_publishe
         (409, json!("stale_review"))
     );
     let r = pat
-        .send(
+        .post(
             &mut c,
-            Method::POST,
             "/admin/api/draft/publish",
             &json!({"expect_seq": live_seq}),
         )
@@ -300,19 +282,13 @@ async fn a_draft_is_saved_with_its_problems_reviewed_and_published_by_a_publishe
         live_seq + 1
     );
     // The draft is used up: it is the live config again.
-    let draft = eve
-        .send(&mut c, Method::GET, "/admin/api/draft", &Value::Null)
-        .await
-        .json();
+    let draft = eve.get(&mut c, "/admin/api/draft").await.json();
     assert_eq!(
         (draft["saved_by"].clone(), draft["changes"].clone()),
         (Value::Null, json!([]))
     );
 
-    let audit = pat
-        .send(&mut c, Method::GET, "/admin/api/audit", &Value::Null)
-        .await
-        .json();
+    let audit = pat.get(&mut c, "/admin/api/audit").await.json();
     let entries: Vec<(String, String, u64)> = audit["entries"]
         .as_array()
         .unwrap()
@@ -357,10 +333,7 @@ async fn a_paused_prize_is_never_won_and_the_dashboard_counts_every_win_in_its_s
             .or_default() += 1;
     }
     assert!(won["big"] > 0 && won["lucky"] > 0, "{won:?}");
-    let live = pat
-        .send(&mut c, Method::GET, "/admin/api/live", &Value::Null)
-        .await
-        .json();
+    let live = pat.get(&mut c, "/admin/api/live").await.json();
     assert_eq!(live["draws"]["win"], 40);
     for p in live["rounds"][0]["prizes"].as_array().unwrap() {
         let slots: u64 = p["slots"]
@@ -377,9 +350,8 @@ async fn a_paused_prize_is_never_won_and_the_dashboard_counts_every_win_in_its_s
     }
 
     let r = pat
-        .send(
+        .post(
             &mut c,
-            Method::POST,
             "/admin/api/kill",
             &json!({"kind": "prize", "id": "big", "paused": true}),
         )
@@ -392,9 +364,8 @@ async fn a_paused_prize_is_never_won_and_the_dashboard_counts_every_win_in_its_s
     }
     // Flipping it to where it is changes nothing; an unknown id is a 404.
     let r = pat
-        .send(
+        .post(
             &mut c,
-            Method::POST,
             "/admin/api/kill",
             &json!({"kind": "prize", "id": "big", "paused": true}),
         )
@@ -404,32 +375,22 @@ async fn a_paused_prize_is_never_won_and_the_dashboard_counts_every_win_in_its_s
         (Some(seq), json!(false))
     );
     let r = pat
-        .send(
+        .post(
             &mut c,
-            Method::POST,
             "/admin/api/kill",
             &json!({"kind": "round", "id": "nope", "paused": true}),
         )
         .await;
     assert_eq!(r.status, 404);
     let r = pat
-        .send(
+        .post(
             &mut c,
-            Method::POST,
             "/admin/api/kill",
             &json!({"kind": "planet", "id": "big", "paused": true}),
         )
         .await;
     assert_eq!((r.status, r.json()["field"].clone()), (400, json!("kind")));
-    let audit = pat
-        .send(
-            &mut c,
-            Method::GET,
-            "/admin/api/audit?limit=1",
-            &Value::Null,
-        )
-        .await
-        .json();
+    let audit = pat.get(&mut c, "/admin/api/audit?limit=1").await.json();
     assert_eq!(audit["entries"][0]["action"], "kill_switch");
     assert_eq!(
         audit["entries"][0]["changes"],
@@ -477,10 +438,7 @@ async fn uploads_are_checked_and_the_map_answers_points_or_density() {
     }
 
     // A drop task on the uploaded points, published through the draft.
-    let draft = eve
-        .send(&mut c, Method::GET, "/admin/api/draft", &Value::Null)
-        .await
-        .json();
+    let draft = eve.get(&mut c, "/admin/api/draft").await.json();
     let mut config = draft["config"].clone();
     config["drops"] = json!([{
         "id": "square", "campaign": "spring", "points": stored, "radius_m": 50,
@@ -501,19 +459,15 @@ async fn uploads_are_checked_and_the_map_answers_points_or_density() {
     let pat = Session::login(&mut c, "pat").await;
     let expect = r.json()["live_seq"].clone();
     let r = pat
-        .send(
+        .post(
             &mut c,
-            Method::POST,
             "/admin/api/draft/publish",
             &json!({"expect_seq": expect}),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.json());
 
-    let tasks = eve
-        .send(&mut c, Method::GET, "/admin/api/drops", &Value::Null)
-        .await
-        .json();
+    let tasks = eve.get(&mut c, "/admin/api/drops").await.json();
     assert_eq!(tasks["tasks"][0]["points"], 300);
     let bbox = tasks["tasks"][0]["bbox"].clone();
     let q = format!(
@@ -521,12 +475,7 @@ async fn uploads_are_checked_and_the_map_answers_points_or_density() {
         bbox[0], bbox[1], bbox[2], bbox[3]
     );
     let map = eve
-        .send(
-            &mut c,
-            Method::GET,
-            &format!("/admin/api/drops/square/map?{q}"),
-            &Value::Null,
-        )
+        .get(&mut c, &format!("/admin/api/drops/square/map?{q}"))
         .await
         .json();
     assert_eq!(
@@ -535,12 +484,7 @@ async fn uploads_are_checked_and_the_map_answers_points_or_density() {
     );
     assert!(map["points"].as_array().unwrap().iter().all(|p| p[2] == 2));
     let map = eve
-        .send(
-            &mut c,
-            Method::GET,
-            &format!("/admin/api/drops/square/map?{q}&max=100"),
-            &Value::Null,
-        )
+        .get(&mut c, &format!("/admin/api/drops/square/map?{q}&max=100"))
         .await
         .json();
     assert_eq!(map["mode"], "density");
@@ -550,11 +494,9 @@ async fn uploads_are_checked_and_the_map_answers_points_or_density() {
     let remaining: u64 = cells.iter().map(|c| c[1].as_u64().unwrap()).sum();
     assert_eq!((counted, remaining), (300, 600));
     let r = eve
-        .send(
+        .get(
             &mut c,
-            Method::GET,
             "/admin/api/drops/square/map?south=1&west=1&north=0&east=2",
-            &Value::Null,
         )
         .await;
     assert_eq!((r.status, r.json()["field"].clone()), (400, json!("south")));

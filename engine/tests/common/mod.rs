@@ -94,6 +94,16 @@ impl Session {
         self.send_raw(c, method, path, body).await
     }
 
+    /// GETs `path` as this operator.
+    pub async fn get(&self, c: &mut Conn, path: &str) -> Reply {
+        self.send(c, Method::GET, path, &Value::Null).await
+    }
+
+    /// POSTs a JSON body to `path` as this operator.
+    pub async fn post(&self, c: &mut Conn, path: &str, body: &Value) -> Reply {
+        self.send(c, Method::POST, path, body).await
+    }
+
     /// Sends a request with the cookie, the CSRF token and `body` as it is.
     pub async fn send_raw(
         &self,
