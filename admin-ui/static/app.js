@@ -112,9 +112,11 @@ class ApiError extends Error {
 /**
  * Calls the admin API. Answers the parsed JSON; throws ApiError otherwise, after showing its
  * message in #flash (unless `quiet`). A 401 ends the session and shows the login form (unless
- * `login`, for the calls that are about logging in). `file` sends a raw body.
+ * `login`, for the calls that are about logging in). `file` sends a raw body. A change refused
+ * for its CSRF token (the session was renewed in another tab) is sent once more with the
+ * session's current token.
  */
-async function api(method, path, { body, file, quiet = false, login = false } = {}) {
+async function api(method, path, { body, file, quiet = false, login = false, retried = false } = {}) {
   const headers = {};
   const init = { method, headers, credentials: "same-origin" };
   if (method !== "GET" && session) headers["X-CSRF-Token"] = session.csrf;
@@ -133,6 +135,15 @@ async function api(method, path, { body, file, quiet = false, login = false } = 
     err = new ApiError(res.status, data);
   } catch (e) {
     err = new ApiError(0, { code: "network", message: `Cannot reach the engine: ${e.message}` });
+  }
+  if (err.status === 403 && err.code === "csrf" && !retried && !login) {
+    try {
+      session = await api("GET", "/session", { quiet: true, login: true });
+    } catch {
+      showLogin("Your session has ended; please log in again.");
+      throw err;
+    }
+    return api(method, path, { body, file, quiet, login, retried: true });
   }
   if (err.status === 401 && !login) showLogin("Your session has ended; please log in again.");
   else if (!quiet) flash(err.message);
@@ -728,6 +739,19 @@ const LISTS = [
 ];
 
 const MAX_UPLOAD_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The name an upload is stored under (the server takes letters, digits, '-' and '_', at most
+ * 100, then .csv, .geojson or .json): the file's own name with anything else made '-'; null
+ * for another kind of file.
+ */
+function uploadName(fileName) {
+  const dot = fileName.lastIndexOf(".");
+  const ext = dot < 0 ? "" : fileName.slice(dot + 1).toLowerCase();
+  if (!["csv", "geojson", "json"].includes(ext)) return null;
+  const stem = fileName.slice(0, dot).replace(/[^A-Za-z0-9_-]+/g, "-").slice(0, 100) || "upload";
+  return `${stem}.${ext}`;
+}
 const DAY_MS = 86_400_000;
 
 const editor = {
@@ -817,7 +841,8 @@ function acceptDraft(draft) {
 async function saveDraft() {
   if (!editor.doc) return;
   try {
-    const draft = await api("PUT", "/draft", { body: { config: editor.doc } });
+    const expect_rev = editor.meta ? editor.meta.rev ?? null : null;
+    const draft = await api("PUT", "/draft", { body: { config: editor.doc, expect_rev } });
     acceptDraft(draft);
     const n = (draft.errors || []).length;
     flash(n ? `Draft saved with ${plural(n, "problem")}` : "Draft saved", n ? "warn" : "ok");
@@ -829,8 +854,11 @@ async function saveDraft() {
 }
 
 async function discardDraft() {
-  await api("DELETE", "/draft");
-  flash("Draft discarded: the editor shows the live config", "ok");
+  const rev = editor.meta && editor.meta.rev;
+  if (rev) {
+    await api("DELETE", "/draft", { body: { expect_rev: rev } });
+    flash("Draft discarded: the editor shows the live config", "ok");
+  }
   await loadDraft();
 }
 
@@ -844,7 +872,11 @@ function updateDraftStatus() {
   const saved = m.saved_by
     ? `Draft saved by ${m.saved_by} at ${fmtTime(m.saved_at)}`
     : `No draft saved: editing the live config (SeqNo ${m.live_seq ?? "?"})`;
-  $("#draft-status").replaceChildren(saved, editor.dirty ? h("span", { class: "dirty" }, " · unsaved local changes") : "");
+  $("#draft-status").replaceChildren(
+    saved,
+    editor.dirty ? h("span", { class: "dirty" }, " · unsaved local changes") : "",
+    staleBase(m) ? h("div", { class: "warn-text" }, staleBase(m)) : "",
+  );
 }
 
 /** Rebuilds the whole form from editor.doc (after a load, an add or a remove: paths shift). */
@@ -1010,9 +1042,14 @@ function uploadControl(kind, obj, input) {
       flash(`${file.name} is ${fmtBytes(file.size)}; uploads are at most 64 MiB`);
       return;
     }
+    const name = uploadName(file.name);
+    if (!name) {
+      flash(`${file.name}: only .csv, .geojson and .json files can be uploaded`);
+      return;
+    }
     note.textContent = `uploading ${file.name}…`;
     try {
-      const res = await api("POST", `/uploads?name=${encodeURIComponent(file.name)}`, { file });
+      const res = await api("POST", `/uploads?name=${encodeURIComponent(name)}`, { file });
       if (kind === "points") obj.points = res.path;
       else obj.zones = [...(Array.isArray(obj.zones) ? obj.zones : []), res.path];
       input.value = kind === "points" ? obj.points : obj.zones.join(", ");
@@ -1083,13 +1120,24 @@ function enterReview() {
   return loadReview();
 }
 
+/** A warning when the draft was started from an older SeqNo than the live one, else "". */
+function staleBase(d) {
+  if (!d.rev || d.base_seq == null || d.base_seq >= d.live_seq) return "";
+  return `This draft was started from SeqNo ${d.base_seq}; SeqNo ${d.live_seq} is live now. ` +
+    "Publishing it also undoes what was published since (a kill switch, another publish): " +
+    "the review lists those changes too.";
+}
+
 async function loadReview() {
   const d = await api("GET", "/draft");
   reviewed = d;
   setSeq(d.live_seq);
-  $("#review-summary").textContent = d.saved_by
-    ? `Draft saved by ${d.saved_by} at ${fmtTime(d.saved_at)}, compared with the live config, SeqNo ${d.live_seq}.`
-    : `No draft is saved: the draft is the live config, SeqNo ${d.live_seq}.`;
+  $("#review-summary").replaceChildren(
+    d.saved_by
+      ? `Draft saved by ${d.saved_by} at ${fmtTime(d.saved_at)}, compared with the live config, SeqNo ${d.live_seq}.`
+      : `No draft is saved: the draft is the live config, SeqNo ${d.live_seq}.`,
+    staleBase(d) ? h("div", { class: "warn-text" }, staleBase(d)) : "",
+  );
   $("#review-local").hidden = !editor.dirty;
   const changes = d.changes || [];
   const errors = d.errors || [];
@@ -1097,6 +1145,7 @@ async function loadReview() {
   renderReviewErrors(errors);
   const blocked = !can("publisher") ? "Publishing needs the publisher role."
     : errors.length ? "Fix the problems in the editor before publishing."
+    : !d.rev ? "Nothing to publish: save a draft in the editor first."
     : changes.length === 0 ? "Nothing to publish: the draft equals the live config."
     : "";
   $("#publish").disabled = blocked !== "";
@@ -1114,7 +1163,8 @@ async function publish() {
   result.className = "result";
   result.replaceChildren();
   try {
-    const res = await api("POST", "/draft/publish", { body: { expect_seq: reviewed.live_seq } });
+    const body = { expect_seq: reviewed.live_seq, expect_rev: reviewed.rev };
+    const res = await api("POST", "/draft/publish", { body });
     setSeq(res.seq);
     result.classList.add("ok");
     result.textContent = `Published SeqNo ${res.seq}`;
@@ -1127,6 +1177,9 @@ async function publish() {
     await loadReview();
     if (e.code === "stale_review") {
       result.append(h("div", {}, `The live config changed while you reviewed: the changes above are now against SeqNo ${reviewed.live_seq}. Check them and publish again.`));
+    }
+    if (e.code === "draft_changed") {
+      result.append(h("div", {}, "The draft was saved again or discarded while you reviewed: the review above shows it as it is now. Check it and publish again."));
     }
     if (e.problems.length) renderReviewErrors(e.problems);
   }

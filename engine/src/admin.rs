@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordVerifier};
+use quota::config::RawConfig;
 use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::Filter;
@@ -33,8 +34,12 @@ pub const MAX_SESSIONS: usize = 10_000;
 pub const MAX_OPERATORS: usize = 1000;
 /// Login attempts allowed per operator name and minute.
 pub const MAX_LOGINS_PER_MIN: u32 = 10;
+/// Logins waiting for their password check at once.
+pub const MAX_LOGINS_WAITING: usize = 16;
 /// The name bearer-token requests act under.
 pub const TOKEN_OPERATOR: &str = "api-token";
+/// Who the audit log names for a config file published at start-up.
+pub const FILE_OPERATOR: &str = "config-file";
 /// Most audit entries one request lists.
 pub const MAX_AUDIT_LISTED: usize = 1000;
 
@@ -248,6 +253,12 @@ impl Session {
     }
 }
 
+/// A login's turn at the password check ([`Admin::login_turn`]).
+pub struct LoginTurn<'a> {
+    _queued: tokio::sync::SemaphorePermit<'a>,
+    _checking: tokio::sync::SemaphorePermit<'a>,
+}
+
 /// Operators, their sessions and the bearer token.
 #[derive(Debug)]
 pub struct Admin {
@@ -255,9 +266,16 @@ pub struct Admin {
     token: String,
     sessions: parking_lot::Mutex<HashMap<String, Session>>,
     logins: WindowLimiter,
+    /// Logins admitted to wait for a password check; past it a login is refused (429).
+    waiting: tokio::sync::Semaphore,
     /// Password checks running at once: each costs a core for tens of milliseconds, so a flood
     /// of logins (under many names) waits here instead of taking the draws' cores.
-    pub checking: tokio::sync::Semaphore,
+    checking: tokio::sync::Semaphore,
+    /// Held while the draft is saved, discarded or published, so a publish makes exactly the
+    /// draft its caller reviewed.
+    pub drafts: tokio::sync::Mutex<()>,
+    /// Uploads read and parsed at once (each up to 64 MiB).
+    pub uploads: tokio::sync::Semaphore,
     /// Tells apart audit entries written in the same millisecond.
     audit_n: AtomicU32,
 }
@@ -270,18 +288,19 @@ impl Admin {
             token,
             sessions: Default::default(),
             logins: WindowLimiter::new(MAX_LOGINS_PER_MIN, 60_000),
+            waiting: tokio::sync::Semaphore::new(MAX_LOGINS_WAITING),
             checking: tokio::sync::Semaphore::new(1),
+            drafts: Default::default(),
+            uploads: tokio::sync::Semaphore::new(1),
             audit_n: AtomicU32::new(0),
         }
     }
 
-    /// Checks a name and password (slow: argon2) and opens a session; returns its cookie value.
-    pub fn login(
-        &self,
-        name: &str,
-        password: &str,
-        now_ms: u64,
-    ) -> Result<(String, SessionView), ApiError> {
+    /// Admits a login attempt for `name` to the password check: at most
+    /// [`MAX_LOGINS_PER_MIN`] attempts a minute per name (each attempt counts, so guesses sent
+    /// in parallel cannot slip past), then a turn in a bounded queue; checks run one at a
+    /// time. Hold the answer while calling [`Admin::login`].
+    pub async fn login_turn(&self, name: &str, now_ms: u64) -> Result<LoginTurn<'_>, ApiError> {
         if !self.logins.allow(name, now_ms) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -289,6 +308,29 @@ impl Admin {
                 format!("at most {MAX_LOGINS_PER_MIN} login attempts a minute per name"),
             ));
         }
+        let busy = || {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "login_busy",
+                format!("{MAX_LOGINS_WAITING} logins are already waiting; try again"),
+            )
+        };
+        let queued = self.waiting.try_acquire().map_err(|_| busy())?;
+        let checking = self.checking.acquire().await.map_err(|_| busy())?;
+        Ok(LoginTurn {
+            _queued: queued,
+            _checking: checking,
+        })
+    }
+
+    /// Checks a name and password (slow: argon2) and opens a session; returns its cookie value.
+    /// Call it holding a [`LoginTurn`].
+    pub fn login(
+        &self,
+        name: &str,
+        password: &str,
+        now_ms: u64,
+    ) -> Result<(String, SessionView), ApiError> {
         let role = self.operators.verify(name, password).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -427,6 +469,12 @@ impl Admin {
     }
 }
 
+/// What a publish of `new` over `old` changed, for its audit entry.
+pub fn publish_changes(old: &RawConfig, new: &RawConfig) -> Vec<String> {
+    let value = |raw: &RawConfig| serde_json::to_value(raw).expect("a raw config serializes");
+    quota::diff::changes(&value(old), &value(new))
+}
+
 const AUDIT_PREFIX: &str = "audit/";
 
 /// One line of the audit log.
@@ -537,14 +585,39 @@ mod tests {
         assert_eq!(a.require(&change, Role::Viewer, 1).unwrap_err().status, 401);
     }
 
-    #[test]
-    fn logins_are_limited_per_name() {
+    #[tokio::test]
+    async fn logins_are_limited_per_name() {
         let a = admin();
         for _ in 0..MAX_LOGINS_PER_MIN {
+            let _turn = a.login_turn("vic", 0).await.unwrap();
             assert_eq!(a.login("vic", "wrong", 0).unwrap_err().status, 401);
         }
-        assert_eq!(a.login("vic", "vic-pass", 1).unwrap_err().status, 429);
+        let refused = a.login_turn("vic", 1).await.err().unwrap();
+        assert_eq!(refused.code, "too_many_logins");
+        assert!(a.login_turn("eve", 1).await.is_ok());
+        let _turn = a.login_turn("vic", 60_000).await.unwrap();
         assert!(a.login("vic", "vic-pass", 60_000).is_ok());
+    }
+
+    #[tokio::test]
+    async fn logins_waiting_are_bounded() {
+        let a = admin();
+        let first = a.login_turn("n0", 0).await.unwrap();
+        let mut waiting = Vec::new();
+        for i in 1..MAX_LOGINS_WAITING {
+            let a = &a;
+            waiting.push(Box::pin(
+                async move { a.login_turn(&format!("n{i}"), 0).await },
+            ));
+        }
+        // Each waiter takes its place in the queue when first polled.
+        for w in &mut waiting {
+            assert!(futures_util::poll!(w.as_mut()).is_pending());
+        }
+        let refused = a.login_turn("late", 0).await.err().unwrap();
+        assert_eq!(refused.code, "login_busy");
+        drop(first);
+        assert!(waiting.remove(0).await.is_ok());
     }
 
     #[test]

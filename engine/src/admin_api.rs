@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use quota::config::{format_ms, Config, FieldError, RawConfig};
@@ -16,7 +17,9 @@ use warp::http::{header, Response, StatusCode};
 use warp::Filter;
 
 use crate::admin::{credentials, Credentials, Principal, Role, SESSION_COOKIE};
-use crate::api::{body_limited, delivery_error, delivery_id, error_reply, json_ok, Reply};
+use crate::api::{
+    delivery_error, delivery_id, error_reply, json_ok, pending_body, PendingBody, Reply,
+};
 use crate::error::{parse_json, ApiError};
 use crate::server::{App, PublishFailure};
 use crate::storage::{Cf, Op};
@@ -46,63 +49,29 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .and(warp::path("api"))
         .and(credentials())
         .and(with_app.clone());
-
-    // Reads: each answers from the app and the caller.
-    macro_rules! read {
-        ($path:expr, $role:expr, $handler:expr) => {
-            api.clone().and($path).and(warp::get()).then(
-                |creds: Credentials, app: Arc<App>| async move {
-                    let result = async {
-                        let who = app.admin.require(&creds, $role, now(&app))?;
-                        $handler(app.clone(), who).await
-                    };
-                    result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
-                },
-            )
-        };
-    }
-    // Changes: a bounded body, checked only once the caller may make the change.
-    macro_rules! change {
-        ($method:expr, $path:expr, $role:expr, $limit:expr, $handler:expr) => {
-            api.clone()
-                .and($path)
-                .and($method)
-                .and(warp::query::<HashMap<String, String>>())
-                .and(body_limited($limit))
-                .then(
-                    |creds: Credentials,
-                     app: Arc<App>,
-                     query: HashMap<String, String>,
-                     body: Result<Bytes, ApiError>| async move {
-                        let result = async {
-                            let who = app.admin.require(&creds, $role, now(&app))?;
-                            $handler(app.clone(), who, query, body?).await
-                        };
-                        result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
-                    },
-                )
-        };
-    }
+    let query = || warp::query::<HashMap<String, String>>();
 
     let login = warp::path!("admin" / "api" / "login")
         .and(warp::post())
         .and(with_app)
-        .and(body_limited(MAX_SMALL_BODY))
-        .then(|app: Arc<App>, body: Result<Bytes, ApiError>| async move {
-            login(app, body).await.unwrap_or_else(|e| error_reply(&e))
+        .and(pending_body())
+        .then(|app: Arc<App>, body: PendingBody| async move {
+            let started = Instant::now();
+            let reply = login(app.clone(), body)
+                .await
+                .unwrap_or_else(|e| error_reply(&e));
+            app.service.metrics.other_latency.observe(started.elapsed());
+            reply
         });
     let logout = api
         .clone()
         .and(warp::path!("logout"))
         .and(warp::post())
-        .map(|creds: Credentials, app: Arc<App>| {
-            match app.admin.require(&creds, Role::Viewer, now(&app)) {
-                Ok(_) => {
-                    app.admin.logout(&creds);
-                    with_cookie(json_ok(&json!({"ok": true})), "", 0)
-                }
-                Err(e) => error_reply(&e),
-            }
+        .then(|creds: Credentials, app: Arc<App>| {
+            answer(app, creds.clone(), Role::Viewer, |app, _| async move {
+                app.admin.logout(&creds);
+                Ok(with_cookie(json_ok(&json!({"ok": true})), "", 0))
+            })
         });
     let session = api
         .clone()
@@ -115,121 +84,147 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
                 .unwrap_or_else(|e| error_reply(&e))
         });
 
-    let config = read!(
-        warp::path!("config"),
-        Role::Viewer,
-        |app: Arc<App>, _| async move {
-            let snap = app.service.snapshot();
-            json_ok(&json!({"seq": snap.seq.0, "config": snap.config.raw}))
-        }
-    );
-    let post_config = change!(
-        warp::post(),
-        warp::path!("config"),
-        Role::Publisher,
-        MAX_CONFIG_BODY,
-        |app, who, _q, body| publish_document(app, who, body)
-    );
-    let draft = read!(
-        warp::path!("draft"),
-        Role::Viewer,
-        |app: Arc<App>, _| async move { json_ok(&draft_view(&app)?) }
-    );
-    let save_draft = change!(
-        warp::put(),
-        warp::path!("draft"),
-        Role::Editor,
-        MAX_CONFIG_BODY,
-        |app, who, _q, body| save_draft(app, who, body)
-    );
-    let discard_draft = change!(
-        warp::delete(),
-        warp::path!("draft"),
-        Role::Editor,
-        0,
-        |app, who, _q, _body| discard_draft(app, who)
-    );
-    let publish_draft = change!(
-        warp::post(),
-        warp::path!("draft" / "publish"),
-        Role::Publisher,
-        MAX_SMALL_BODY,
-        |app, who, _q, body| publish_draft(app, who, body)
-    );
-    let kill = change!(
-        warp::post(),
-        warp::path!("kill"),
-        Role::Publisher,
-        MAX_SMALL_BODY,
-        |app, who, _q, body| kill_switch(app, who, body)
-    );
-    let upload = change!(
-        warp::post(),
-        warp::path!("uploads"),
-        Role::Editor,
-        MAX_UPLOAD,
-        upload
-    );
-    let live = read!(
-        warp::path!("live"),
-        Role::Viewer,
-        |app: Arc<App>, _| async move { json_ok(&live(&app)) }
-    );
+    let config = api
+        .clone()
+        .and(warp::path!("config"))
+        .and(warp::get())
+        .then(|creds, app| {
+            answer(app, creds, Role::Viewer, |app, _| async move {
+                let snap = app.service.snapshot();
+                json_ok(&json!({"seq": snap.seq.0, "config": snap.config.raw}))
+            })
+        });
+    let post_config = api
+        .clone()
+        .and(warp::path!("config"))
+        .and(warp::post())
+        .and(pending_body())
+        .then(|creds, app, body: PendingBody| {
+            answer(app, creds, Role::Publisher, |app, who| async move {
+                publish_document(app, who, body.read(MAX_CONFIG_BODY).await?).await
+            })
+        });
+    let draft = api
+        .clone()
+        .and(warp::path!("draft"))
+        .and(warp::get())
+        .then(|creds, app| {
+            answer(app, creds, Role::Viewer, |app, _| async move {
+                json_ok(&blocking(app, |app| draft_view(&app)).await?)
+            })
+        });
+    let save_draft = api
+        .clone()
+        .and(warp::path!("draft"))
+        .and(warp::put())
+        .and(pending_body())
+        .then(|creds, app, body: PendingBody| {
+            answer(app, creds, Role::Editor, |app, who| async move {
+                save_draft(app, who, body.read(MAX_CONFIG_BODY).await?).await
+            })
+        });
+    let discard_draft = api
+        .clone()
+        .and(warp::path!("draft"))
+        .and(warp::delete())
+        .and(pending_body())
+        .then(|creds, app, body: PendingBody| {
+            answer(app, creds, Role::Editor, |app, who| async move {
+                discard_draft(app, who, body.read(MAX_SMALL_BODY).await?).await
+            })
+        });
+    let publish_draft = api
+        .clone()
+        .and(warp::path!("draft" / "publish"))
+        .and(warp::post())
+        .and(pending_body())
+        .then(|creds, app, body: PendingBody| {
+            answer(app, creds, Role::Publisher, |app, who| async move {
+                publish_draft(app, who, body.read(MAX_SMALL_BODY).await?).await
+            })
+        });
+    let kill = api
+        .clone()
+        .and(warp::path!("kill"))
+        .and(warp::post())
+        .and(pending_body())
+        .then(|creds, app, body: PendingBody| {
+            answer(app, creds, Role::Publisher, |app, who| async move {
+                kill_switch(app, who, body.read(MAX_SMALL_BODY).await?).await
+            })
+        });
+    let upload = api
+        .clone()
+        .and(warp::path!("uploads"))
+        .and(warp::post())
+        .and(query())
+        .and(pending_body())
+        .then(|creds, app, q, body| {
+            answer(app, creds, Role::Editor, |app, who| {
+                upload(app, who, q, body)
+            })
+        });
+    let live = api
+        .clone()
+        .and(warp::path!("live"))
+        .and(warp::get())
+        .then(|creds, app| {
+            answer(app, creds, Role::Viewer, |app, _| async move {
+                json_ok(&live(&app))
+            })
+        });
     let audit = api
         .clone()
         .and(warp::path!("audit"))
         .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
-        .map(
-            |creds: Credentials, app: Arc<App>, q: HashMap<String, String>| {
-                let result = (|| {
-                    app.admin.require(&creds, Role::Viewer, now(&app))?;
-                    let limit = count_param(&q, "limit", 200, crate::admin::MAX_AUDIT_LISTED)?;
-                    let entries = crate::admin::audit_log(&app.service.storage, limit)
-                        .map_err(ApiError::unavailable)?;
-                    json_ok(&json!({ "entries": entries }))
-                })();
-                result.unwrap_or_else(|e| error_reply(&e))
-            },
-        );
-    let drops = read!(
-        warp::path!("drops"),
-        Role::Viewer,
-        |app: Arc<App>, _| async move { blocking(app, |app| json_ok(&drop_tasks(&app))).await }
-    );
+        .and(query())
+        .then(|creds, app, q: HashMap<String, String>| {
+            answer(app, creds, Role::Viewer, |app, _| async move {
+                let limit = count_param(&q, "limit", 200, crate::admin::MAX_AUDIT_LISTED)?;
+                let entries = crate::admin::audit_log(&app.service.storage, limit)
+                    .map_err(ApiError::unavailable)?;
+                json_ok(&json!({ "entries": entries }))
+            })
+        });
+    let drops = api
+        .clone()
+        .and(warp::path!("drops"))
+        .and(warp::get())
+        .then(|creds, app| {
+            answer(app, creds, Role::Viewer, |app, _| {
+                blocking(app, |app| json_ok(&drop_tasks(&app)))
+            })
+        });
     let map = api
         .clone()
         .and(warp::path!("drops" / String / "map"))
         .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
-        .then(
-            |creds: Credentials, app: Arc<App>, task: String, q: HashMap<String, String>| async move {
-                let result = async {
-                    app.admin.require(&creds, Role::Viewer, now(&app))?;
-                    blocking(app, move |app| drop_map(&app, &task, &q)).await
-                };
-                result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
-            },
-        );
+        .and(query())
+        .then(|creds, app, task: String, q: HashMap<String, String>| {
+            answer(app, creds, Role::Viewer, |app, _| {
+                blocking(app, move |app| drop_map(&app, &task, &q))
+            })
+        });
 
-    let delivery = read!(
-        warp::path!("delivery"),
-        Role::Viewer,
-        |app: Arc<App>, _| async move {
-            let (ready, later) = redrain_delivery::queue::LaneQueue::bytes_per_id();
-            json_ok(&json!({
-                "lanes": app.service.deliveries.stats(),
-                "queued_bytes_per_delivery": {"ready": ready, "retrying": later},
-            }))
-        }
-    );
+    let delivery = api
+        .clone()
+        .and(warp::path!("delivery"))
+        .and(warp::get())
+        .then(|creds, app| {
+            answer(app, creds, Role::Viewer, |app, _| async move {
+                let (ready, later) = redrain_delivery::queue::LaneQueue::bytes_per_id();
+                json_ok(&json!({
+                    "lanes": app.service.deliveries.stats(),
+                    "queued_bytes_per_delivery": {"ready": ready, "retrying": later},
+                }))
+            })
+        });
     let redrive_one = api
         .clone()
         .and(warp::path!("delivery" / String / "redrive"))
         .and(warp::post())
-        .then(|creds: Credentials, app: Arc<App>, id: String| async move {
-            let result = async {
-                let who = app.admin.require(&creds, Role::Publisher, now(&app))?;
+        .then(|creds, app, id: String| {
+            answer(app, creds, Role::Publisher, |app, who| async move {
                 let did = delivery_id(&id)?;
                 let rec = app
                     .service
@@ -239,8 +234,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
                     .map_err(delivery_error)?;
                 record(&app, &who, "redrive", vec![format!("delivery {id}")]).await?;
                 json_ok(&rec)
-            };
-            result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
+            })
         });
     let redrive_dead = api
         .clone()
@@ -248,66 +242,53 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
             "delivery" / "partners" / String / "redrive-dead"
         ))
         .and(warp::post())
-        .then(
-            |creds: Credentials, app: Arc<App>, partner: String| async move {
-                let result = async {
-                    let who = app.admin.require(&creds, Role::Publisher, now(&app))?;
-                    let n = app
-                        .service
-                        .deliveries
-                        .redrive_dead(&partner)
-                        .await
-                        .map_err(delivery_error)?;
-                    let what = format!("{n} dead deliveries of partner {partner}");
-                    record(&app, &who, "redrive", vec![what]).await?;
-                    json_ok(&json!({"partner": partner, "redriven": n}))
-                };
-                result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
-            },
-        );
+        .then(|creds, app, partner: String| {
+            answer(app, creds, Role::Publisher, |app, who| async move {
+                let n = app
+                    .service
+                    .deliveries
+                    .redrive_dead(&partner)
+                    .await
+                    .map_err(delivery_error)?;
+                let what = format!("{n} dead deliveries of partner {partner}");
+                record(&app, &who, "redrive", vec![what]).await?;
+                json_ok(&json!({"partner": partner, "redriven": n}))
+            })
+        });
     let reconciliation = api
         .clone()
         .and(warp::path!("reconciliation"))
         .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
-        .then(
-            |creds: Credentials, app: Arc<App>, q: HashMap<String, String>| async move {
-                let result = async {
-                    app.admin.require(&creds, Role::Viewer, now(&app))?;
-                    let run = match q.get("run").map(String::as_str) {
-                        None | Some("false") => false,
-                        Some("true") => true,
-                        Some(other) => {
-                            return Err(ApiError::field(
-                                "run",
-                                format!("must be true or false, got {other:?}"),
-                            ))
-                        }
-                    };
-                    let latest = app.reconciliation.lock().clone();
-                    let report = match latest {
-                        Some(r) if !run => r,
-                        _ => reconcile_now(&app).await?,
-                    };
-                    json_ok(&*report)
+        .and(query())
+        .then(|creds, app, q: HashMap<String, String>| {
+            answer(app, creds, Role::Viewer, |app, _| async move {
+                let run = match q.get("run").map(String::as_str) {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => {
+                        return Err(ApiError::field(
+                            "run",
+                            format!("must be true or false, got {other:?}"),
+                        ))
+                    }
                 };
-                result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
-            },
-        );
+                let latest = app.reconciliation.lock().clone();
+                let report = match latest {
+                    Some(r) if !run => r,
+                    _ => reconcile_now(&app).await?,
+                };
+                json_ok(&*report)
+            })
+        });
     let reconcile_redrive = api
         .clone()
         .and(warp::path!("reconciliation" / "redrive"))
         .and(warp::post())
-        .then(|creds: Credentials, app: Arc<App>| async move {
-            let result = async {
-                let who = app.admin.require(&creds, Role::Publisher, now(&app))?;
-                let (created, redriven) = redrive_mismatches(&app).await?;
-                let what =
-                    format!("created {created} missing deliveries, re-drove {redriven} dead");
-                record(&app, &who, "reconciliation_redrive", vec![what]).await?;
+        .then(|creds, app| {
+            answer(app, creds, Role::Publisher, |app, who| async move {
+                let (created, redriven) = redrive_mismatches(&app, &who).await?;
                 json_ok(&json!({"created": created, "redriven": redriven}))
-            };
-            result.await.unwrap_or_else(|e: ApiError| error_reply(&e))
+            })
         });
 
     let page = warp::path("admin")
@@ -378,6 +359,22 @@ fn now(app: &App) -> u64 {
     app.service.clock.now_ms()
 }
 
+/// Answers a request once its caller has `role`, timing it like the engine's other routes.
+/// A body is read inside `handler`, so only after the check.
+async fn answer<F, Fut>(app: Arc<App>, creds: Credentials, role: Role, handler: F) -> Reply
+where
+    F: FnOnce(Arc<App>, Principal) -> Fut,
+    Fut: std::future::Future<Output = Result<Reply, ApiError>>,
+{
+    let started = Instant::now();
+    let reply = match app.admin.require(&creds, role, now(&app)) {
+        Ok(who) => handler(app.clone(), who).await,
+        Err(e) => Err(e),
+    };
+    app.service.metrics.other_latency.observe(started.elapsed());
+    reply.unwrap_or_else(|e| error_reply(&e))
+}
+
 /// Runs `f` off the async workers (argon2, file parsing, walking millions of drops).
 async fn blocking<T: Send + 'static>(
     app: Arc<App>,
@@ -415,15 +412,10 @@ struct LoginRequest {
     password: String,
 }
 
-async fn login(app: Arc<App>, body: Result<Bytes, ApiError>) -> Result<Reply, ApiError> {
-    let req: LoginRequest = parse_json(&body?)?;
+async fn login(app: Arc<App>, body: PendingBody) -> Result<Reply, ApiError> {
+    let req: LoginRequest = parse_json(&body.read(MAX_SMALL_BODY).await?)?;
     let at = now(&app);
-    let _one_check_at_a_time = app
-        .admin
-        .checking
-        .acquire()
-        .await
-        .map_err(ApiError::internal)?;
+    let _turn = app.admin.login_turn(&req.name, at).await?;
     let (cookie, view) = blocking(app.clone(), move |app| {
         app.admin.login(&req.name, &req.password, at)
     })
@@ -505,7 +497,7 @@ async fn publish_as(
     blocking(app, move |app| {
         let at = now(&app);
         let extra = |seq: SeqNo, old: &RawConfig, new: &RawConfig| {
-            let changes = quota::diff::changes(&to_value(old), &to_value(new));
+            let changes = crate::admin::publish_changes(old, new);
             let mut ops = vec![app.admin.audit(&who, action, seq.0, changes, at)];
             ops.extend(also.iter().cloned());
             ops
@@ -544,6 +536,11 @@ async fn publish_document(app: Arc<App>, who: Principal, body: Bytes) -> Result<
 #[derive(serde::Serialize, Deserialize)]
 struct StoredDraft {
     config: Value,
+    /// Names this saved version: a save, discard or publish names the version it replaces.
+    rev: String,
+    /// The live SeqNo when the draft was started: a later publish (a kill switch, a script)
+    /// is undone by publishing the draft, and the review says so.
+    base_seq: u64,
     saved_by: String,
     saved_at_ms: u64,
 }
@@ -555,6 +552,32 @@ fn stored_draft(app: &App) -> Result<Option<StoredDraft>, ApiError> {
         .get(Cf::Meta, DRAFT_KEY)
         .map_err(ApiError::unavailable)?;
     Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
+}
+
+/// The stored draft, if `expect_rev` names it (`None`: there is none).
+fn expected_draft(app: &App, expect_rev: &Option<String>) -> Result<Option<StoredDraft>, ApiError> {
+    let draft = stored_draft(app)?;
+    let rev = draft.as_ref().map(|d| &d.rev);
+    if rev != expect_rev.as_ref() {
+        let now = match &draft {
+            Some(d) => format!(
+                "the draft is now {} (saved by {} at {})",
+                d.rev,
+                d.saved_by,
+                format_ms(d.saved_at_ms)
+            ),
+            None => "there is no draft now".to_string(),
+        };
+        return Err(ApiError {
+            field: Some("expect_rev".into()),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "draft_changed",
+                format!("the draft changed since you loaded it: {now}; reload it"),
+            )
+        });
+    }
+    Ok(draft)
 }
 
 /// What `check-config` and a publish would say of a draft.
@@ -573,21 +596,22 @@ fn check_draft(app: &App, config: &Value) -> Vec<FieldError> {
     }
 }
 
-/// The draft (or the live config when there is none), its problems and its changes.
+/// The draft (or the live config when there is none), its problems and its changes. Slow for
+/// a big config: call it off the async workers.
 fn draft_view(app: &App) -> Result<Value, ApiError> {
     let snap = app.service.snapshot();
     let live = to_value(&snap.config.raw);
-    let (config, saved_by, saved_at) = match stored_draft(app)? {
-        Some(d) => (d.config, Some(d.saved_by), Some(format_ms(d.saved_at_ms))),
-        None => (live.clone(), None, None),
-    };
+    let draft = stored_draft(app)?;
+    let config = draft.as_ref().map_or(&live, |d| &d.config);
     Ok(json!({
-        "errors": check_draft(app, &config),
-        "changes": quota::diff::changes(&live, &config),
+        "errors": check_draft(app, config),
+        "changes": quota::diff::changes(&live, config),
         "config": config,
         "live_seq": snap.seq.0,
-        "saved_by": saved_by,
-        "saved_at": saved_at,
+        "rev": draft.as_ref().map(|d| &d.rev),
+        "base_seq": draft.as_ref().map_or(snap.seq.0, |d| d.base_seq),
+        "saved_by": draft.as_ref().map(|d| &d.saved_by),
+        "saved_at": draft.as_ref().map(|d| format_ms(d.saved_at_ms)),
     }))
 }
 
@@ -595,6 +619,8 @@ fn draft_view(app: &App) -> Result<Value, ApiError> {
 #[serde(deny_unknown_fields)]
 struct DraftRequest {
     config: serde_json::Map<String, Value>,
+    /// The draft this one replaces (`null`: none, it starts from the live config).
+    expect_rev: Option<String>,
 }
 
 async fn save_draft(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply, ApiError> {
@@ -605,72 +631,80 @@ async fn save_draft(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply,
     if let Ok(raw) = serde_json::from_value::<RawConfig>(config.clone()) {
         config = to_value(&raw);
     }
-    let before = match stored_draft(&app)? {
-        Some(d) => d.config,
-        None => to_value(&app.service.snapshot().config.raw),
-    };
+    let _one_at_a_time = app.admin.drafts.lock().await;
+    let before = expected_draft(&app, &req.expect_rev)?;
+    let snap = app.service.snapshot();
+    let base_seq = before.as_ref().map_or(snap.seq.0, |d| d.base_seq);
+    let before = before.map_or_else(|| to_value(&snap.config.raw), |d| d.config);
     let at = now(&app);
     let changes = quota::diff::changes(&before, &config);
     let stored = StoredDraft {
         config,
+        rev: format!("{:016x}", rand::random::<u64>()),
+        base_seq,
         saved_by: who.name.clone(),
         saved_at_ms: at,
     };
-    let seq = app.service.snapshot().seq.0;
     let ops = vec![
         Op::Put(
             Cf::Meta,
             DRAFT_KEY.to_vec(),
             serde_json::to_vec(&stored).map_err(ApiError::internal)?,
         ),
-        app.admin.audit(&who, "draft_saved", seq, changes, at),
+        app.admin
+            .audit(&who, "draft_saved", snap.seq.0, changes, at),
     ];
     app.service
         .storage
         .commit(ops)
         .await
         .map_err(ApiError::unavailable)?;
-    json_ok(&draft_view(&app)?)
+    json_ok(&blocking(app.clone(), |app| draft_view(&app)).await?)
 }
 
-async fn discard_draft(app: Arc<App>, who: Principal) -> Result<Reply, ApiError> {
-    if let Some(d) = stored_draft(&app)? {
-        let snap = app.service.snapshot();
-        let changes = quota::diff::changes(&d.config, &to_value(&snap.config.raw));
-        let ops = vec![
-            Op::Delete(Cf::Meta, DRAFT_KEY.to_vec()),
-            app.admin
-                .audit(&who, "draft_discarded", snap.seq.0, changes, now(&app)),
-        ];
-        app.service
-            .storage
-            .commit(ops)
-            .await
-            .map_err(ApiError::unavailable)?;
-    }
-    json_ok(&draft_view(&app)?)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscardRequest {
+    expect_rev: String,
+}
+
+async fn discard_draft(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply, ApiError> {
+    let req: DiscardRequest = parse_json(&body)?;
+    let _one_at_a_time = app.admin.drafts.lock().await;
+    let draft = expected_draft(&app, &Some(req.expect_rev))?.expect("a named draft exists");
+    let snap = app.service.snapshot();
+    let changes = quota::diff::changes(&draft.config, &to_value(&snap.config.raw));
+    let ops = vec![
+        Op::Delete(Cf::Meta, DRAFT_KEY.to_vec()),
+        app.admin
+            .audit(&who, "draft_discarded", snap.seq.0, changes, now(&app)),
+    ];
+    app.service
+        .storage
+        .commit(ops)
+        .await
+        .map_err(ApiError::unavailable)?;
+    json_ok(&blocking(app.clone(), |app| draft_view(&app)).await?)
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishDraftRequest {
+    /// The live SeqNo the review was made against.
     expect_seq: u64,
+    /// The draft reviewed.
+    expect_rev: String,
 }
 
 async fn publish_draft(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply, ApiError> {
     let req: PublishDraftRequest = parse_json(&body)?;
-    let draft = stored_draft(&app)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "no_draft",
-            "there is no saved draft to publish",
-        )
-    })?;
+    let _one_at_a_time = app.admin.drafts.lock().await;
+    let draft = expected_draft(&app, &Some(req.expect_rev))?.expect("a named draft exists");
     let bytes = serde_json::to_vec(&draft.config).map_err(ApiError::internal)?;
     let config = Config::from_json(&bytes).map_err(invalid_config)?;
     let clear = vec![Op::Delete(Cf::Meta, DRAFT_KEY.to_vec())];
     let expect = Some(SeqNo(req.expect_seq));
-    let seq = publish_as(app, who, config, expect, "published", clear).await?;
+    let seq = publish_as(app.clone(), who, config, expect, "published", clear).await?;
     json_ok(&json!({ "seq": seq }))
 }
 
@@ -726,22 +760,42 @@ fn paused_flag<'a>(raw: &'a mut RawConfig, kind: KillKind, id: &str) -> Option<&
     }
 }
 
-/// Publishes the live config with one `paused` flag set, made from (and only over) the live
-/// SeqNo it read.
+/// Times a kill switch is tried again when another publish lands between its read of the live
+/// config and its own publish.
+const KILL_ATTEMPTS: usize = 5;
+
+/// Publishes the live config with one `paused` flag set. It is made from the live SeqNo it read
+/// and published only over that one (so it never undoes a publish it did not see); when another
+/// publish lands first, it reads the new live config and tries again.
 async fn kill_switch(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply, ApiError> {
     let req: KillRequest = parse_json(&body)?;
-    let snap = app.service.snapshot();
-    let mut raw = snap.config.raw.clone();
     let kind = format!("{:?}", req.kind).to_lowercase();
-    let flag = paused_flag(&mut raw, req.kind, &req.id)
-        .ok_or_else(|| ApiError::not_found(&kind, &req.id))?;
-    if *flag == req.paused {
-        return json_ok(&json!({"seq": snap.seq.0, "changed": false}));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let snap = app.service.snapshot();
+        let mut raw = snap.config.raw.clone();
+        let flag = paused_flag(&mut raw, req.kind, &req.id)
+            .ok_or_else(|| ApiError::not_found(&kind, &req.id))?;
+        if *flag == req.paused {
+            return json_ok(&json!({"seq": snap.seq.0, "changed": false}));
+        }
+        *flag = req.paused;
+        let config = raw.validate().map_err(invalid_config)?;
+        let publish = publish_as(
+            app.clone(),
+            who.clone(),
+            config,
+            Some(snap.seq),
+            "kill_switch",
+            Vec::new(),
+        );
+        match publish.await {
+            Ok(seq) => return json_ok(&json!({"seq": seq, "changed": true})),
+            Err(e) if e.code == "stale_review" && attempt < KILL_ATTEMPTS => continue,
+            Err(e) => return Err(e),
+        }
     }
-    *flag = req.paused;
-    let config = raw.validate().map_err(invalid_config)?;
-    let seq = publish_as(app, who, config, Some(snap.seq), "kill_switch", Vec::new()).await?;
-    json_ok(&json!({"seq": seq, "changed": true}))
 }
 
 /// Stores an uploaded POI or zone file under `DATA/uploads/`, named by its content so an
@@ -750,7 +804,7 @@ async fn upload(
     app: Arc<App>,
     who: Principal,
     q: HashMap<String, String>,
-    body: Bytes,
+    body: PendingBody,
 ) -> Result<Reply, ApiError> {
     let name = q
         .get("name")
@@ -773,6 +827,13 @@ async fn upload(
             )
         })?;
     let (stem, ext) = (stem.to_string(), ext.to_string());
+    let _one_at_a_time = app
+        .admin
+        .uploads
+        .acquire()
+        .await
+        .map_err(ApiError::internal)?;
+    let body = body.read(MAX_UPLOAD).await?;
     let bytes = body.len();
     let (path, points) = blocking(app.clone(), move |app| {
         let text = std::str::from_utf8(&body)
@@ -796,18 +857,13 @@ async fn upload(
             }
         };
         use sha2::Digest;
-        let digest = sha2::Sha256::digest(&body);
-        let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let digest: String = sha2::Sha256::digest(&body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let dir = app.data_dir.join("uploads");
-        let path = dir.join(format!("{stem}-{short}.{ext}"));
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            let tmp = path.with_extension("part");
-            std::fs::write(&tmp, &body)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(ApiError::unavailable)?;
+        let path = dir.join(format!("{stem}-{digest}.{ext}"));
+        write_once(&path, &body).map_err(ApiError::unavailable)?;
         let path = std::fs::canonicalize(&path).map_err(ApiError::internal)?;
         Ok((path.display().to_string(), points))
     })
@@ -818,6 +874,28 @@ async fn upload(
     );
     record(&app, &who, "upload", vec![what]).await?;
     json_ok(&json!({"path": path, "bytes": bytes, "points": points}))
+}
+
+/// Writes `bytes` to `path` unless it exists (a name with the content's hash holds that content:
+/// a published task may read it, so it is never rewritten). Written to a temp file of its own,
+/// synced, then renamed into place.
+fn write_once(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path.parent().expect("an upload path has a directory"))?;
+    let tmp = path.with_extension(format!("part-{:016x}", rand::random::<u64>()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1010,11 +1088,27 @@ async fn reconcile_now(app: &Arc<App>) -> Result<Arc<crate::reconcile::Report>, 
 /// Reconciles now, then closes what re-driving can close: a win without a delivery record gets
 /// a pending one (unless one exists by now), a dead delivery is sent again. Idempotent: a
 /// second run finds nothing left to create, and re-driving a pending delivery changes nothing.
-/// Answers (created, re-driven).
-async fn redrive_mismatches(app: &Arc<App>) -> Result<(usize, usize), ApiError> {
+/// The audit entry says what was done, also when a failure stopped it part way. Answers
+/// (created, re-driven).
+async fn redrive_mismatches(app: &Arc<App>, who: &Principal) -> Result<(usize, usize), ApiError> {
     let report = reconcile_now(app).await?;
+    let (mut created, mut redriven) = (0, 0);
+    let result = close_mismatches(app, &report, &mut created, &mut redriven).await;
+    let mut what = format!("created {created} missing deliveries, re-drove {redriven} dead");
+    if let Err(e) = &result {
+        what.push_str(&format!("; stopped by {}: {}", e.code, e.message));
+    }
+    record(app, who, "reconciliation_redrive", vec![what]).await?;
+    result.map(|()| (created, redriven))
+}
+
+async fn close_mismatches(
+    app: &App,
+    report: &crate::reconcile::Report,
+    created: &mut usize,
+    redriven: &mut usize,
+) -> Result<(), ApiError> {
     let svc = &app.service;
-    let mut created = 0;
     for win in &report.missing_wins {
         let id = &win.view.win_id;
         let Some(did) = redrain_delivery::record::DeliveryId::parse(id) else {
@@ -1045,19 +1139,18 @@ async fn redrive_mismatches(app: &Arc<App>) -> Result<(usize, usize), ApiError> 
             .await
             .map_err(ApiError::unavailable)?;
         svc.deliveries.enqueue(&win.partner, did);
-        created += 1;
+        *created += 1;
     }
-    let mut redriven = 0;
     for id in &report.mismatches.dead {
         if let Some(did) = redrain_delivery::record::DeliveryId::parse(id) {
             svc.deliveries
                 .redrive(did, None)
                 .await
                 .map_err(delivery_error)?;
-            redriven += 1;
+            *redriven += 1;
         }
     }
-    Ok((created, redriven))
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

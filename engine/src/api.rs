@@ -416,68 +416,82 @@ fn region(app: &App, id: &str) -> Result<Reply, ApiError> {
     json_ok(&body)
 }
 
-/// Reads a body of at most `limit` bytes, whether or not it declares its length.
 /// How many times its limit an oversized body is read and dropped before the 413.
 const DRAIN_FACTOR: u64 = 4;
 
+/// A request body not read yet: routes that must check the caller first (the admin API) read
+/// it only once the caller may make the change, so nobody unauthenticated gets a body buffered.
+pub(crate) struct PendingBody {
+    declared: Option<u64>,
+    stream: futures_util::stream::BoxStream<'static, Result<Bytes, warp::Error>>,
+}
+
+/// Extracts the request's [`PendingBody`].
+pub(crate) fn pending_body() -> impl Filter<Extract = (PendingBody,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .map(|declared, stream| PendingBody {
+            declared,
+            stream: as_bytes(stream),
+        })
+}
+
+fn as_bytes<S, B>(stream: S) -> futures_util::stream::BoxStream<'static, Result<Bytes, warp::Error>>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf,
+{
+    stream
+        .map(|chunk| chunk.map(|mut b| b.copy_to_bytes(b.remaining())))
+        .boxed()
+}
+
+/// Reads a body of at most `limit` bytes, whether or not it declares its length.
 pub(crate) fn body_limited(
     limit: usize,
 ) -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = Rejection> + Clone {
-    warp::header::optional::<u64>("content-length")
-        .and(warp::body::stream())
-        .then(move |declared: Option<u64>, stream| read_limited(declared, stream, limit))
+    pending_body().then(move |body: PendingBody| body.read(limit))
 }
 
-async fn read_limited<S, B>(
-    declared: Option<u64>,
-    stream: S,
-    limit: usize,
-) -> Result<Bytes, ApiError>
-where
-    S: futures_util::Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the body must be at most {limit} bytes"),
-        )
-    };
-    // An oversized body is read and dropped, up to a bound, before the 413 goes out: a
-    // client still writing its body would otherwise see the connection reset instead of the
-    // answer. Past the bound the connection is simply closed after the 413.
-    let drain_budget = limit as u64 * DRAIN_FACTOR;
-    let mut stream = std::pin::pin!(stream);
-    if declared.is_some_and(|n| n > limit as u64) {
-        if declared.is_some_and(|n| n <= drain_budget) {
-            while let Some(Ok(_)) = stream.next().await {}
-        }
-        return Err(too_large());
-    }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
-    while let Some(chunk) = stream.next().await {
-        let mut chunk = chunk.map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", e.to_string())
-        })?;
-        if body.len() + chunk.remaining() > limit {
-            let mut seen = (body.len() + chunk.remaining()) as u64;
-            while seen <= drain_budget {
-                match stream.next().await {
-                    Some(Ok(c)) => seen += c.remaining() as u64,
-                    _ => break,
-                }
+impl PendingBody {
+    /// The whole body, or 413 past `limit` bytes.
+    pub(crate) async fn read(mut self, limit: usize) -> Result<Bytes, ApiError> {
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body must be at most {limit} bytes"),
+            )
+        };
+        // An oversized body is read and dropped, up to a bound, before the 413 goes out: a
+        // client still writing its body would otherwise see the connection reset instead of
+        // the answer. Past the bound the connection is simply closed after the 413.
+        let drain_budget = limit as u64 * DRAIN_FACTOR;
+        if let Some(n) = self.declared.filter(|&n| n > limit as u64) {
+            if n <= drain_budget {
+                while let Some(Ok(_)) = self.stream.next().await {}
             }
             return Err(too_large());
         }
-        while chunk.has_remaining() {
-            let piece = chunk.chunk();
-            let n = piece.len();
-            body.extend_from_slice(piece);
-            chunk.advance(n);
+        let mut body = BytesMut::with_capacity(self.declared.unwrap_or(0) as usize);
+        while let Some(chunk) = self.stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", e.to_string())
+            })?;
+            if body.len() + chunk.len() > limit {
+                let mut seen = (body.len() + chunk.len()) as u64;
+                while seen <= drain_budget {
+                    match self.stream.next().await {
+                        Some(Ok(c)) => seen += c.len() as u64,
+                        _ => break,
+                    }
+                }
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
+        Ok(body.freeze())
     }
-    Ok(body.freeze())
 }
 
 async fn rejection(r: Rejection) -> Result<Reply, Infallible> {

@@ -159,9 +159,10 @@ struct ServeArgs {
     #[arg(long, default_value_t = 2_000_000)]
     max_queued: usize,
     /// Operators of the admin page (name, role, argon2id password hash; docs/admin-api.md).
-    /// Without the file nobody can log in; the bearer token still works.
-    #[arg(long, default_value = "configs/operators.toml")]
-    operators: PathBuf,
+    /// Without it nobody can log in; the bearer token still works. There is no default: the
+    /// demo's operators (configs/operators.toml, passed by scripts/run.sh) have public passwords.
+    #[arg(long)]
+    operators: Option<PathBuf>,
     /// How often reconciliation runs over this node's ledger (its latest result is served at
     /// /admin/api/reconciliation).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
@@ -481,11 +482,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             t
         }
     };
-    let operators = if args.operators.exists() {
-        redrain::admin::Operators::load(&args.operators)?
-    } else {
-        tracing::warn!(path = %args.operators.display(), "no operators file; nobody can log in to the admin page");
-        redrain::admin::Operators::default()
+    let operators = match &args.operators {
+        Some(path) => redrain::admin::Operators::load(path)?,
+        None => {
+            tracing::warn!("no --operators file; nobody can log in to the admin page");
+            redrain::admin::Operators::default()
+        }
     };
     let settings = Settings {
         operators,

@@ -169,12 +169,27 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         delivery_settings: settings.delivery.clone(),
         unrecorded: Default::default(),
     });
+    let admin = crate::admin::Admin::new(settings.operators.clone(), settings.admin_token.clone());
+    // The config file, published at start-up, is audited like an operator's publish.
+    let from_file = crate::admin::Principal {
+        name: crate::admin::FILE_OPERATOR.into(),
+        role: crate::admin::Role::Publisher,
+    };
+    let audited = |seq: SeqNo, old: &RawConfig, new: &RawConfig| {
+        let mut changes = vec![format!(
+            "from {} (sha256 {file_hash})",
+            settings.config_path.display()
+        )];
+        changes.extend(crate::admin::publish_changes(old, new));
+        let at = service.clock.now_ms();
+        vec![admin.audit(&from_file, "published", seq.0, changes, at)]
+    };
     if seq.0 == 0 {
         // A fresh data dir: make the file's config durable as SeqNo 1.
         let config = service.store.load().config.clone();
-        publish(&service, config, Some(&file_hash), None, &no_extra)?;
+        publish(&service, config, Some(&file_hash), None, &audited)?;
     } else if let Some(config) = pending_file {
-        publish(&service, config, Some(&file_hash), None, &no_extra)?;
+        publish(&service, config, Some(&file_hash), None, &audited)?;
         tracing::info!(path = %settings.config_path.display(), "config file changed; published it");
     } else {
         let snapshot = service.store.load();
@@ -187,7 +202,7 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     }
     Ok(App {
         service,
-        admin: crate::admin::Admin::new(settings.operators.clone(), settings.admin_token.clone()),
+        admin,
         asks: crate::delivery::WindowLimiter::asks(),
         data_dir: settings.data_dir.clone(),
         reconcile_every: settings.reconcile_every,
@@ -233,11 +248,6 @@ pub enum PublishFailure {
 /// Writes to commit with a publish, made from its SeqNo and the config it replaces: the audit
 /// entry, clearing the draft.
 pub type ExtraOps<'a> = &'a dyn Fn(SeqNo, &RawConfig, &RawConfig) -> Vec<Op>;
-
-/// A publish with nothing committed beside it (start-up from the file).
-pub fn no_extra(_: SeqNo, _: &RawConfig, _: &RawConfig) -> Vec<Op> {
-    Vec::new()
-}
 
 /// Publishes `config` as the next SeqNo, durably; `file_hash` marks it as read from the file,
 /// `expect` refuses it unless the live SeqNo is still that one (the config it was made from),

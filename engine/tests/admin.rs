@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use hyper::Method;
 use serde_json::{json, Value};
@@ -116,10 +118,38 @@ async fn every_admin_route_refuses_strangers_wrong_roles_and_missing_csrf() {
             assert_eq!(r.json()["code"], "csrf", "{what}");
         }
     }
-    // Nothing was changed by any of it.
+    // Nothing was changed by any of it: the only audit entry is the config file's start-up
+    // publish.
     assert_eq!(get_config(&mut c).await, before);
-    let audit = sessions[0].1.get(&mut c, "/admin/api/audit").await;
-    assert_eq!(audit.json()["entries"], json!([]));
+    let audit = sessions[0].1.get(&mut c, "/admin/api/audit").await.json();
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(
+        (entries[0]["who"].clone(), entries[0]["seq"].clone()),
+        (json!("config-file"), json!(1))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_strangers_body_is_refused_before_it_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &config(), t0()).await;
+    // An upload declaring 60 MiB, of which only the headers are ever sent: the answer comes
+    // without waiting for the body (a server reading it first would wait forever).
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(
+        b"POST /admin/api/uploads?name=a.csv HTTP/1.1\r\nhost: x\r\n\
+          content-length: 62914560\r\n\r\nid,lat,lng\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(30), raw.read(&mut answer));
+    let n = read.await.expect("answered without the body").unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     server.stop().await;
 }
 
@@ -205,28 +235,33 @@ async fn a_draft_is_saved_with_its_problems_reviewed_and_published_by_a_publishe
     round["prizes"][0]["rate_per_s"] = json!(0);
     round["prizes"][1]["id"] = json!("star");
     config["rounds"].as_array_mut().unwrap().push(round);
+    let save =
+        |config: &Value, expect_rev: &Value| json!({"config": config, "expect_rev": expect_rev});
     let r = eve
         .send(
             &mut c,
             Method::PUT,
             "/admin/api/draft",
-            &json!({"config": config}),
+            &save(&config, &Value::Null),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     let saved = r.json();
     assert_eq!(saved["saved_by"], "eve");
+    assert_eq!(saved["base_seq"], live_seq);
     assert_eq!(
         saved["errors"],
         json!([{"field": "rounds[1].prizes[0].rate_per_s", "problem": "must be at least 1"}])
     );
     assert_eq!(saved["changes"], json!(["rounds[night]: added"]));
+    let first_rev = saved["rev"].clone();
     // An invalid draft does not publish.
+    let publish = |seq: u64, rev: &Value| json!({"expect_seq": seq, "expect_rev": rev});
     let r = pat
         .post(
             &mut c,
             "/admin/api/draft/publish",
-            &json!({"expect_seq": live_seq}),
+            &publish(live_seq, &first_rev),
         )
         .await;
     assert_eq!(
@@ -238,22 +273,43 @@ async fn a_draft_is_saved_with_its_problems_reviewed_and_published_by_a_publishe
         "rounds[1].prizes[0].rate_per_s"
     );
 
+    // A save must name the draft it replaces: one made from the live config (or an older
+    // draft) is refused and changes nothing.
     config["rounds"][1]["prizes"][0]["rate_per_s"] = json!(10);
     let r = eve
         .send(
             &mut c,
             Method::PUT,
             "/admin/api/draft",
-            &json!({"config": config}),
+            &save(&config, &Value::Null),
+        )
+        .await;
+    assert_eq!(
+        (
+            r.status,
+            r.json()["code"].clone(),
+            r.json()["field"].clone()
+        ),
+        (409, json!("draft_changed"), json!("expect_rev"))
+    );
+    let r = eve
+        .send(
+            &mut c,
+            Method::PUT,
+            "/admin/api/draft",
+            &save(&config, &first_rev),
         )
         .await;
     assert_eq!(r.json()["errors"], json!([]));
-    // An editor may not publish; a review against an older SeqNo may not either.
+    let second_rev = r.json()["rev"].clone();
+    assert_ne!(first_rev, second_rev);
+    // An editor may not publish; a review of an older draft or against an older SeqNo may not
+    // either.
     let r = eve
         .post(
             &mut c,
             "/admin/api/draft/publish",
-            &json!({"expect_seq": live_seq}),
+            &publish(live_seq, &second_rev),
         )
         .await;
     assert_eq!(r.status, 403);
@@ -261,18 +317,30 @@ async fn a_draft_is_saved_with_its_problems_reviewed_and_published_by_a_publishe
         .post(
             &mut c,
             "/admin/api/draft/publish",
-            &json!({"expect_seq": live_seq - 1}),
+            &publish(live_seq, &first_rev),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (409, json!("draft_changed"))
+    );
+    let r = pat
+        .post(
+            &mut c,
+            "/admin/api/draft/publish",
+            &publish(live_seq - 1, &second_rev),
         )
         .await;
     assert_eq!(
         (r.status, r.json()["code"].clone()),
         (409, json!("stale_review"))
     );
+    assert_eq!(c.get("/v1/rounds/night").await.unwrap().status, 404);
     let r = pat
         .post(
             &mut c,
             "/admin/api/draft/publish",
-            &json!({"expect_seq": live_seq}),
+            &publish(live_seq, &second_rev),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.json());
@@ -284,8 +352,12 @@ async fn a_draft_is_saved_with_its_problems_reviewed_and_published_by_a_publishe
     // The draft is used up: it is the live config again.
     let draft = eve.get(&mut c, "/admin/api/draft").await.json();
     assert_eq!(
-        (draft["saved_by"].clone(), draft["changes"].clone()),
-        (Value::Null, json!([]))
+        (
+            draft["saved_by"].clone(),
+            draft["rev"].clone(),
+            draft["changes"].clone()
+        ),
+        (Value::Null, Value::Null, json!([]))
     );
 
     let audit = pat.get(&mut c, "/admin/api/audit").await.json();
@@ -307,6 +379,7 @@ async fn a_draft_is_saved_with_its_problems_reviewed_and_published_by_a_publishe
             ("pat".into(), "published".into(), live_seq + 1),
             ("eve".into(), "draft_saved".into(), live_seq),
             ("eve".into(), "draft_saved".into(), live_seq),
+            ("config-file".into(), "published".into(), live_seq),
         ]
     );
     assert_eq!(
@@ -349,6 +422,17 @@ async fn a_paused_prize_is_never_won_and_the_dashboard_counts_every_win_in_its_s
         assert_eq!(p["slots"][599].as_u64().unwrap(), slots);
     }
 
+    // A draft started before the kill switch...
+    let draft = pat.get(&mut c, "/admin/api/draft").await.json();
+    let r = pat
+        .send(
+            &mut c,
+            Method::PUT,
+            "/admin/api/draft",
+            &json!({"config": draft["config"], "expect_rev": null}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
     let r = pat
         .post(
             &mut c,
@@ -358,6 +442,16 @@ async fn a_paused_prize_is_never_won_and_the_dashboard_counts_every_win_in_its_s
         .await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     let seq = r.json()["seq"].as_u64().unwrap();
+    // ...says it is based on an older SeqNo, and its review shows publishing it would undo it.
+    let draft = pat.get(&mut c, "/admin/api/draft").await.json();
+    assert_eq!(
+        (draft["base_seq"].as_u64(), draft["live_seq"].as_u64()),
+        (Some(seq - 1), Some(seq))
+    );
+    assert_eq!(
+        draft["changes"],
+        json!(["rounds[rain].prizes[big].paused: true → false"])
+    );
     for i in 0..40 {
         let v = draw_ok(&mut c, "rain", &format!("u{i}"), "r2", 1).await;
         assert_eq!(v["wins"][0]["prize"], "lucky", "{v}");
@@ -457,12 +551,12 @@ async fn uploads_are_checked_and_the_map_answers_points_or_density() {
         .await;
     assert_eq!(r.json()["errors"], json!([]));
     let pat = Session::login(&mut c, "pat").await;
-    let expect = r.json()["live_seq"].clone();
+    let (seq, rev) = (r.json()["live_seq"].clone(), r.json()["rev"].clone());
     let r = pat
         .post(
             &mut c,
             "/admin/api/draft/publish",
-            &json!({"expect_seq": expect}),
+            &json!({"expect_seq": seq, "expect_rev": rev}),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.json());

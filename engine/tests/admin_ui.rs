@@ -221,6 +221,7 @@ async fn an_operator_configures_publishes_watches_and_pauses_a_round_in_the_brow
             ("pat", "published", s1.as_str()),
             ("pat", "draft_saved", &seq.to_string()),
             ("pat", "draft_saved", &seq.to_string()),
+            ("config-file", "published", &seq.to_string()),
         ]
     );
     assert!(rows[0][5].contains("rounds[night].prizes[moon].paused: false → true"));

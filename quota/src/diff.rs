@@ -36,30 +36,40 @@ fn walk(at: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
                 }
             }
         }
-        (Value::Array(a), Value::Array(b)) if keyed(a) && keyed(b) => {
-            for va in a {
-                let id = id_of(va);
-                let path = format!("{at}[{id}]");
-                match b.iter().find(|vb| id_of(vb) == id) {
-                    Some(vb) => walk(&path, va, vb, out),
-                    None => out.push(format!("{path}: removed")),
+        (Value::Array(a), Value::Array(b)) => match (by_id(a), by_id(b)) {
+            (Some(ids_a), Some(ids_b)) => {
+                for va in a {
+                    let id = id_of(va);
+                    let path = format!("{at}[{id}]");
+                    match ids_b.get(id) {
+                        Some(vb) => walk(&path, va, vb, out),
+                        None => out.push(format!("{path}: removed")),
+                    }
+                }
+                for vb in b {
+                    if !ids_a.contains_key(id_of(vb)) {
+                        out.push(format!("{at}[{}]: added", id_of(vb)));
+                    }
                 }
             }
-            for vb in b {
-                if !a.iter().any(|va| id_of(va) == id_of(vb)) {
-                    out.push(format!("{at}[{}]: added", id_of(vb)));
-                }
-            }
-        }
-        _ if old != new => out.push(format!("{at}: {} → {}", show(old), show(new))),
-        _ => {}
+            _ => changed(at, old, new, out),
+        },
+        _ => changed(at, old, new, out),
     }
 }
 
-/// Lists whose entries all have a distinct string `id` are matched by id, not position.
-fn keyed(list: &[Value]) -> bool {
-    let ids: std::collections::HashSet<&str> = list.iter().map(id_of).collect();
-    ids.len() == list.len() && !ids.contains("")
+fn changed(at: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+    if old != new {
+        let (old, new) = shown(&old.to_string(), &new.to_string());
+        out.push(format!("{at}: {old} → {new}"));
+    }
+}
+
+/// The entries of a list by `id`, when every entry has a distinct string one (then entries are
+/// matched by id, not position).
+fn by_id(list: &[Value]) -> Option<std::collections::HashMap<&str, &Value>> {
+    let ids: std::collections::HashMap<&str, &Value> = list.iter().map(|v| (id_of(v), v)).collect();
+    (ids.len() == list.len() && !ids.contains_key("")).then_some(ids)
 }
 
 fn id_of(v: &Value) -> &str {
@@ -74,13 +84,37 @@ fn join(at: &str, key: &str) -> String {
     }
 }
 
-/// A value as shown in a change line: JSON, cut at 80 characters.
+/// Characters of a value a change line shows.
+const SHOWN: usize = 80;
+/// Of those, how many come before the first difference when a value is cut.
+const BEFORE_DIFFERENCE: usize = 20;
+
+/// A value added or removed, as a change line shows it: its first [`SHOWN`] characters.
 fn show(v: &Value) -> String {
-    let text = v.to_string();
-    match text.char_indices().nth(80) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text,
-    }
+    shown(&v.to_string(), "").0
+}
+
+/// Two values (JSON text) as a change line shows them: whole up to [`SHOWN`] characters, else
+/// cut to a window around where they first differ, so the change itself is always in view.
+fn shown(old: &str, new: &str) -> (String, String) {
+    let common = old
+        .chars()
+        .zip(new.chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let start = common.saturating_sub(BEFORE_DIFFERENCE);
+    let window = |text: &str| -> String {
+        let len = text.chars().count();
+        if len <= SHOWN {
+            return text.to_string();
+        }
+        let start = start.min(len.saturating_sub(SHOWN));
+        let cut: String = text.chars().skip(start).take(SHOWN).collect();
+        let before = if start > 0 { "…" } else { "" };
+        let after = if start + SHOWN < len { "…" } else { "" };
+        format!("{before}{cut}{after}")
+    };
+    (window(old), window(new))
 }
 
 #[cfg(test)]
@@ -121,5 +155,25 @@ mod tests {
         // Duplicate ids (an invalid draft) fall back to whole-list comparison.
         let dup = json!({"rounds": [{"id": "r"}, {"id": "r"}]});
         assert_eq!(changes(&dup, &dup), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_long_value_is_cut_around_its_first_difference() {
+        let head = "x".repeat(200);
+        let (old, new) = (
+            json!(format!("{head}-old-tail")),
+            json!(format!("{head}-new-tail")),
+        );
+        let line = &changes(&json!({"name": old}), &json!({"name": new}))[0];
+        assert!(
+            line.contains("-old-tail") && line.contains("-new-tail"),
+            "{line}"
+        );
+        assert!(line.starts_with("name: …x"), "{line}");
+        // Short values are shown whole.
+        assert_eq!(
+            changes(&json!({"a": "short"}), &json!({"a": "shorter"})),
+            vec![r#"a: "short" → "shorter""#]
+        );
     }
 }
