@@ -116,9 +116,9 @@ class ApiError extends Error {
  * for its CSRF token (the session was renewed in another tab) is sent once more with the
  * session's current token.
  */
-async function api(method, path, { body, file, quiet = false, login = false, retried = false } = {}) {
+async function api(method, path, { body, file, signal, quiet = false, login = false, retried = false } = {}) {
   const headers = {};
-  const init = { method, headers, credentials: "same-origin" };
+  const init = { method, headers, signal, credentials: "same-origin" };
   if (method !== "GET" && session) headers["X-CSRF-Token"] = session.csrf;
   if (file) {
     init.body = file;
@@ -134,6 +134,7 @@ async function api(method, path, { body, file, quiet = false, login = false, ret
     if (res.ok) return data;
     err = new ApiError(res.status, data);
   } catch (e) {
+    if (e.name === "AbortError") throw e; // the caller no longer wants the answer
     err = new ApiError(0, { code: "network", message: `Cannot reach the engine: ${e.message}` });
   }
   if (err.status === 403 && err.code === "csrf" && !retried && !login) {
@@ -143,7 +144,7 @@ async function api(method, path, { body, file, quiet = false, login = false, ret
       showLogin("Your session has ended; please log in again.");
       throw err;
     }
-    return api(method, path, { body, file, quiet, login, retried: true });
+    return api(method, path, { body, file, signal, quiet, login, retried: true });
   }
   if (err.status === 401 && !login) showLogin("Your session has ended; please log in again.");
   else if (!quiet) flash(err.message);
@@ -1202,6 +1203,7 @@ const map = {
   width: 0,
   height: 0,
   asked: 0, // number of the latest request: older answers are dropped
+  request: null, // the AbortController of the request in flight
   timer: 0,
   drag: null,
 };
@@ -1346,7 +1348,19 @@ async function fetchMap() {
       south: box.south.toFixed(6), west: box.west.toFixed(6), north: box.north.toFixed(6),
       east: box.east.toFixed(6), max: String(MAP_MAX_POINTS),
     });
-    const data = await api("GET", `/drops/${encodeURIComponent(map.task.id)}/map?${q}`);
+    // A newer view replaces this one's request: the old one is cancelled, not just ignored.
+    if (map.request) map.request.abort();
+    const request = new AbortController();
+    map.request = request;
+    let data;
+    try {
+      data = await api("GET", `/drops/${encodeURIComponent(map.task.id)}/map?${q}`, { signal: request.signal });
+    } catch (e) {
+      if (e.name === "AbortError") return;
+      throw e;
+    } finally {
+      if (map.request === request) map.request = null;
+    }
     if (asked !== map.asked) return;
     map.data = { ...data, box };
   }

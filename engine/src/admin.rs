@@ -34,6 +34,10 @@ pub const MAX_SESSIONS: usize = 10_000;
 pub const MAX_OPERATORS: usize = 1000;
 /// Login attempts allowed per operator name and minute.
 pub const MAX_LOGINS_PER_MIN: u32 = 10;
+/// Most bytes of audit entries one listing answers.
+pub const MAX_AUDIT_BYTES: usize = 4 << 20;
+/// Walks over drop points running at once.
+pub const MAX_SCANS: usize = 2;
 /// Logins waiting for their password check at once.
 pub const MAX_LOGINS_WAITING: usize = 16;
 /// The name bearer-token requests act under.
@@ -276,6 +280,8 @@ pub struct Admin {
     pub drafts: tokio::sync::Mutex<()>,
     /// Uploads read and parsed at once (each up to 64 MiB).
     pub uploads: tokio::sync::Semaphore,
+    /// Walks over drop points (the map, the task list) at once: each may read millions.
+    pub scans: tokio::sync::Semaphore,
     /// Tells apart audit entries written in the same millisecond.
     audit_n: AtomicU32,
 }
@@ -292,6 +298,7 @@ impl Admin {
             checking: tokio::sync::Semaphore::new(1),
             drafts: Default::default(),
             uploads: tokio::sync::Semaphore::new(1),
+            scans: tokio::sync::Semaphore::new(MAX_SCANS),
             audit_n: AtomicU32::new(0),
         }
     }
@@ -494,11 +501,17 @@ pub struct AuditEntry {
     pub changes: Vec<String>,
 }
 
-/// The newest `limit` audit entries, newest first.
+/// The newest `limit` audit entries, newest first, stopping before [`MAX_AUDIT_BYTES`] (an entry
+/// lists up to 500 changes; the first entry is always listed).
 pub fn audit_log(storage: &Storage, limit: usize) -> Result<Vec<AuditEntry>, StorageError> {
     let rows = storage.scan_prefix(Cf::Meta, AUDIT_PREFIX.as_bytes(), limit)?;
+    let mut bytes = 0;
     Ok(rows
         .into_iter()
+        .take_while(|(_, v)| {
+            bytes += v.len();
+            bytes <= MAX_AUDIT_BYTES || bytes == v.len()
+        })
         .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
         .collect())
 }

@@ -51,13 +51,19 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .and(with_app.clone());
     let query = || warp::query::<HashMap<String, String>>();
 
+    // Behind a TLS proxy (nginx sets `X-Forwarded-Proto: https`) the cookie is also `Secure`.
+    let https = || {
+        warp::header::optional::<String>("x-forwarded-proto")
+            .map(|proto: Option<String>| proto.is_some_and(|p| p.eq_ignore_ascii_case("https")))
+    };
     let login = warp::path!("admin" / "api" / "login")
         .and(warp::post())
         .and(with_app)
+        .and(https())
         .and(pending_body())
-        .then(|app: Arc<App>, body: PendingBody| async move {
+        .then(|app: Arc<App>, https: bool, body: PendingBody| async move {
             let started = Instant::now();
-            let reply = login(app.clone(), body)
+            let reply = login(app.clone(), https, body)
                 .await
                 .unwrap_or_else(|e| error_reply(&e));
             app.service.metrics.other_latency.observe(started.elapsed());
@@ -67,10 +73,11 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .clone()
         .and(warp::path!("logout"))
         .and(warp::post())
-        .then(|creds: Credentials, app: Arc<App>| {
-            answer(app, creds.clone(), Role::Viewer, |app, _| async move {
+        .and(https())
+        .then(|creds: Credentials, app: Arc<App>, https: bool| {
+            answer(app, creds.clone(), Role::Viewer, move |app, _| async move {
                 app.admin.logout(&creds);
-                Ok(with_cookie(json_ok(&json!({"ok": true})), "", 0))
+                Ok(with_cookie(json_ok(&json!({"ok": true})), "", 0, https))
             })
         });
     let session = api
@@ -192,7 +199,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .and(warp::get())
         .then(|creds, app| {
             answer(app, creds, Role::Viewer, |app, _| {
-                blocking(app, |app| json_ok(&drop_tasks(&app)))
+                scan(app, |app| json_ok(&drop_tasks(&app)))
             })
         });
     let map = api
@@ -202,7 +209,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .and(query())
         .then(|creds, app, task: String, q: HashMap<String, String>| {
             answer(app, creds, Role::Viewer, |app, _| {
-                blocking(app, move |app| drop_map(&app, &task, &q))
+                scan(app, move |app| drop_map(&app, &task, &q))
             })
         });
 
@@ -385,6 +392,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
+/// Runs a walk over drop points off the async workers, at most [`crate::admin::MAX_SCANS`] at
+/// once (others wait their turn).
+async fn scan<T: Send + 'static>(
+    app: Arc<App>,
+    f: impl FnOnce(Arc<App>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let _turn = app
+        .admin
+        .scans
+        .acquire()
+        .await
+        .map_err(ApiError::internal)?;
+    blocking(app.clone(), f).await
+}
+
 /// Writes one audit entry for an action that changed no config.
 async fn record(
     app: &App,
@@ -412,7 +434,7 @@ struct LoginRequest {
     password: String,
 }
 
-async fn login(app: Arc<App>, body: PendingBody) -> Result<Reply, ApiError> {
+async fn login(app: Arc<App>, https: bool, body: PendingBody) -> Result<Reply, ApiError> {
     let req: LoginRequest = parse_json(&body.read(MAX_SMALL_BODY).await?)?;
     let at = now(&app);
     let _turn = app.admin.login_turn(&req.name, at).await?;
@@ -425,14 +447,17 @@ async fn login(app: Arc<App>, body: PendingBody) -> Result<Reply, ApiError> {
         json_ok(&view),
         &cookie,
         app.admin.session_ttl_s(),
+        https,
     ))
 }
 
-/// Sets (or, with `max_age_s` 0, clears) the session cookie on a reply.
-fn with_cookie(reply: Result<Reply, ApiError>, value: &str, max_age_s: u64) -> Reply {
+/// Sets (or, with `max_age_s` 0, clears) the session cookie on a reply; `Secure` when the page
+/// was reached over https.
+fn with_cookie(reply: Result<Reply, ApiError>, value: &str, max_age_s: u64, https: bool) -> Reply {
     let mut reply = reply.unwrap_or_else(|e| error_reply(&e));
+    let secure = if https { "; Secure" } else { "" };
     let cookie = format!(
-        "{SESSION_COOKIE}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={max_age_s}"
+        "{SESSION_COOKIE}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}"
     );
     if let Ok(v) = header::HeaderValue::from_str(&cookie) {
         reply.headers_mut().insert(header::SET_COOKIE, v);

@@ -193,6 +193,22 @@ async fn sessions_expire_and_end_at_logout_and_logins_are_checked() {
         (400, json!("password"))
     );
 
+    // Reached through a TLS proxy, the cookie is Secure; on plain loopback it cannot be.
+    let proxied = c
+        .send(
+            Method::POST,
+            "/admin/api/login",
+            &[("x-forwarded-proto", "https")],
+            json!({"name": "vic", "password": "vic-password"}).to_string(),
+        )
+        .await
+        .unwrap();
+    let cookie = |r: &redrain::client::Reply| r.headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie(&proxied).ends_with("; Secure"),
+        "{}",
+        cookie(&proxied)
+    );
     let vic = Session::login(&mut c, "vic").await;
     let me = vic.get(&mut c, "/admin/api/session").await;
     assert_eq!(me.json()["role"], "viewer");
