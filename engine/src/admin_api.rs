@@ -50,6 +50,20 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .and(credentials())
         .and(with_app.clone());
     let query = || warp::query::<HashMap<String, String>>();
+    // A change whose JSON (or TOML) body of at most `limit` bytes goes to `handler`.
+    macro_rules! with_body {
+        ($method:ident, $path:expr, $role:ident, $limit:expr, $handler:expr) => {
+            api.clone()
+                .and($path)
+                .and(warp::$method())
+                .and(pending_body())
+                .then(|creds, app, body: PendingBody| {
+                    answer(app, creds, Role::$role, |app, who| async move {
+                        $handler(app, who, body.read($limit).await?).await
+                    })
+                })
+        };
+    }
 
     // Behind a TLS proxy (nginx sets `X-Forwarded-Proto: https`) the cookie is also `Secure`.
     let https = || {
@@ -101,16 +115,13 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
                 json_ok(&json!({"seq": snap.seq.0, "config": snap.config.raw}))
             })
         });
-    let post_config = api
-        .clone()
-        .and(warp::path!("config"))
-        .and(warp::post())
-        .and(pending_body())
-        .then(|creds, app, body: PendingBody| {
-            answer(app, creds, Role::Publisher, |app, who| async move {
-                publish_document(app, who, body.read(MAX_CONFIG_BODY).await?).await
-            })
-        });
+    let post_config = with_body!(
+        post,
+        warp::path!("config"),
+        Publisher,
+        MAX_CONFIG_BODY,
+        publish_document
+    );
     let draft = api
         .clone()
         .and(warp::path!("draft"))
@@ -120,46 +131,34 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
                 json_ok(&blocking(app, |app| draft_view(&app)).await?)
             })
         });
-    let save_draft = api
-        .clone()
-        .and(warp::path!("draft"))
-        .and(warp::put())
-        .and(pending_body())
-        .then(|creds, app, body: PendingBody| {
-            answer(app, creds, Role::Editor, |app, who| async move {
-                save_draft(app, who, body.read(MAX_CONFIG_BODY).await?).await
-            })
-        });
-    let discard_draft = api
-        .clone()
-        .and(warp::path!("draft"))
-        .and(warp::delete())
-        .and(pending_body())
-        .then(|creds, app, body: PendingBody| {
-            answer(app, creds, Role::Editor, |app, who| async move {
-                discard_draft(app, who, body.read(MAX_SMALL_BODY).await?).await
-            })
-        });
-    let publish_draft = api
-        .clone()
-        .and(warp::path!("draft" / "publish"))
-        .and(warp::post())
-        .and(pending_body())
-        .then(|creds, app, body: PendingBody| {
-            answer(app, creds, Role::Publisher, |app, who| async move {
-                publish_draft(app, who, body.read(MAX_SMALL_BODY).await?).await
-            })
-        });
-    let kill = api
-        .clone()
-        .and(warp::path!("kill"))
-        .and(warp::post())
-        .and(pending_body())
-        .then(|creds, app, body: PendingBody| {
-            answer(app, creds, Role::Publisher, |app, who| async move {
-                kill_switch(app, who, body.read(MAX_SMALL_BODY).await?).await
-            })
-        });
+    let save_draft = with_body!(
+        put,
+        warp::path!("draft"),
+        Editor,
+        MAX_CONFIG_BODY,
+        save_draft
+    );
+    let discard_draft = with_body!(
+        delete,
+        warp::path!("draft"),
+        Editor,
+        MAX_SMALL_BODY,
+        discard_draft
+    );
+    let publish_draft = with_body!(
+        post,
+        warp::path!("draft" / "publish"),
+        Publisher,
+        MAX_SMALL_BODY,
+        publish_draft
+    );
+    let kill = with_body!(
+        post,
+        warp::path!("kill"),
+        Publisher,
+        MAX_SMALL_BODY,
+        kill_switch
+    );
     let upload = api
         .clone()
         .and(warp::path!("uploads"))
