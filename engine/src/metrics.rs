@@ -164,12 +164,15 @@ impl Metrics {
     }
 
     /// Wins of `prize` in each of the [`RECENT_SLOTS`] slots up to and including `slot`,
-    /// oldest first.
+    /// oldest first, from its first slot with a win (empty when it won nothing in them): a
+    /// dashboard of many quiet prizes stays small.
     pub fn recent_wins(&self, prize: &PrizeId, slot: u64) -> Vec<u32> {
-        match self.wins.read().get(prize) {
-            Some(w) => w.recent(slot),
-            None => vec![0; RECENT_SLOTS],
-        }
+        let Some(mut slots) = self.wins.read().get(prize).map(|w| w.recent(slot)) else {
+            return Vec::new();
+        };
+        let quiet = slots.iter().take_while(|&&n| n == 0).count();
+        slots.drain(..quiet);
+        slots
     }
 
     /// Renders everything; `seq` is the live config's SeqNo.

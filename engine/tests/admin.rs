@@ -431,11 +431,11 @@ async fn a_paused_prize_is_never_won_and_the_dashboard_counts_every_win_in_its_s
             .iter()
             .map(|n| n.as_u64().unwrap())
             .sum();
-        assert_eq!(p["slots"].as_array().unwrap().len(), 600);
         assert_eq!(slots, won[p["id"].as_str().unwrap()], "{p}");
         assert_eq!(p["issued"].as_u64().unwrap(), slots);
-        // The manual clock stood still: every win is in the last slot.
-        assert_eq!(p["slots"][599].as_u64().unwrap(), slots);
+        // The manual clock stood still: every win is in the last slot, and the quiet slots
+        // before it are left out.
+        assert_eq!(p["slots"], json!([slots]));
     }
 
     // A draft started before the kill switch...
