@@ -753,6 +753,7 @@ function uploadName(fileName) {
   const stem = fileName.slice(0, dot).replace(/[^A-Za-z0-9_-]+/g, "-").slice(0, 100) || "upload";
   return `${stem}.${ext}`;
 }
+
 const DAY_MS = 86_400_000;
 
 const editor = {
