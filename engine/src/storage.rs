@@ -203,7 +203,13 @@ impl Storage {
                 "replayed ledger records RocksDB had not applied"
             );
         }
-        let repairs = repair_counters(&db, ledger_dir)?;
+        let checking = std::time::Instant::now();
+        let repairs = repair(&db, ledger_dir)?;
+        tracing::info!(
+            took_ms = checking.elapsed().as_millis() as u64,
+            differences = repairs.len(),
+            "RocksDB checked against the whole ledger"
+        );
         for r in &repairs {
             tracing::warn!(difference = %r, "RocksDB disagreed with the ledger; the ledger's value is restored");
         }
@@ -576,59 +582,155 @@ fn replay(db: &DB, dir: &Path) -> Result<u64, StorageError> {
     Ok(replayed)
 }
 
-/// Folds every counter (`counters`, `drops`) the ledger holds and sets each one RocksDB holds
-/// differently to the ledger's value (without WAL, like every apply: a crash before the next
-/// flush finds and repairs it again). Returns the differences found, as
-/// `cf/key: rocksdb A, ledger B`.
-fn repair_counters(db: &DB, dir: &Path) -> Result<Vec<String>, StorageError> {
-    let mut ledger: std::collections::HashMap<(Cf, Vec<u8>), u64> = Default::default();
+/// Column families whose values are sums (`Op::Add`): the quota and drop claim counters.
+const SUMMED: [Cf; 2] = [Cf::Counters, Cf::Drops];
+/// Column families of records the ledger sets whole: users' standings, wins, delivery states
+/// and the delivery outbox. (`requests`, the idempotency records, and `meta` are replayed but
+/// not compared: the first is the largest family by far, the second holds the applied mark.)
+const RECORDS: [Cf; 4] = [Cf::Users, Cf::Wins, Cf::Deliveries, Cf::Outbox];
+
+/// Calls `f` with every op of every good ledger record, in order. Damage was cut or refused by
+/// recovery and replay already; this reads what is good.
+fn each_ledger_op(dir: &Path, mut f: impl FnMut(Op)) -> Result<(), StorageError> {
     for (_, path) in segments(dir).map_err(|e| StorageError(e.to_string()))? {
         let bytes = std::fs::read(&path).map_err(|e| StorageError(e.to_string()))?;
-        // Damage was cut or refused by recovery and replay already; read what is good.
         let _ = scan_segment(&bytes, |r| {
-            if r.kind != BATCH {
-                return;
-            }
-            for op in decode_ops(r.payload).unwrap_or_default() {
-                match op {
-                    Op::Add(cf @ (Cf::Counters | Cf::Drops), k, n) => {
-                        *ledger.entry((cf, k)).or_default() += n;
-                    }
-                    Op::Put(cf @ (Cf::Counters | Cf::Drops), k, v) => {
-                        ledger.insert((cf, k), decode_u64(&v));
-                    }
-                    Op::Delete(cf @ (Cf::Counters | Cf::Drops), k) => {
-                        ledger.insert((cf, k), 0);
-                    }
-                    _ => {}
-                }
+            if r.kind == BATCH {
+                decode_ops(r.payload)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .for_each(&mut f);
             }
         });
     }
-    let mut stored: std::collections::HashMap<(Cf, Vec<u8>), u64> = Default::default();
-    for cf in [Cf::Counters, Cf::Drops] {
+    Ok(())
+}
+
+/// A 64-bit digest of a key or value, to fold millions of records in bounded memory.
+fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Makes RocksDB agree with the ledger, which wins, and reports each difference as
+/// `cf/key: rocksdb …, ledger …`. Compared: every counter (`counters`, `drops`: the ledger's
+/// sums) and every record of [`RECORDS`] (the ledger's last write of each key). Records are
+/// folded as digests (16 bytes a key), then the keys whose digests differ are read exactly
+/// from a second pass, so a digest collision costs a second look, never a wrong repair. Fixes
+/// are written without WAL, like every apply: a crash before the next flush finds and repairs
+/// them again.
+fn repair(db: &DB, dir: &Path) -> Result<Vec<String>, StorageError> {
+    use std::collections::{HashMap, HashSet};
+    let mut sums: HashMap<(Cf, Vec<u8>), u64> = HashMap::new();
+    // (family, key digest) → the digest of the last value written, `None` when deleted.
+    let mut last: HashMap<(Cf, u64), Option<u64>> = HashMap::new();
+    each_ledger_op(dir, |op| match op {
+        Op::Add(cf, k, n) if SUMMED.contains(&cf) => *sums.entry((cf, k)).or_default() += n,
+        Op::Put(cf, k, v) if SUMMED.contains(&cf) => {
+            sums.insert((cf, k), decode_u64(&v));
+        }
+        Op::Delete(cf, k) if SUMMED.contains(&cf) => {
+            sums.insert((cf, k), 0);
+        }
+        Op::Put(cf, k, v) if RECORDS.contains(&cf) => {
+            last.insert((cf, digest(&k)), Some(digest(&v)));
+        }
+        Op::Delete(cf, k) if RECORDS.contains(&cf) => {
+            last.insert((cf, digest(&k)), None);
+        }
+        _ => {}
+    })?;
+
+    let mut batch = WriteBatch::default();
+    let mut differences = Vec::new();
+    let name = |cf: Cf, k: &[u8]| {
+        format!(
+            "{}/{}",
+            cf_name(cf),
+            String::from_utf8_lossy(k).escape_debug()
+        )
+    };
+
+    // Counters: few, compared whole.
+    let mut stored: HashMap<(Cf, Vec<u8>), u64> = HashMap::new();
+    for cf in SUMMED {
         for item in db.iterator_cf(handle(db, cf), rocksdb::IteratorMode::Start) {
             let (k, v) = item?;
             stored.insert((cf, k.to_vec()), decode_u64(&v));
         }
     }
-    let mut batch = WriteBatch::default();
-    let mut differences = Vec::new();
     let keys: std::collections::BTreeSet<&(Cf, Vec<u8>)> =
-        ledger.keys().chain(stored.keys()).collect();
-    for key in keys {
+        sums.keys().chain(stored.keys()).collect();
+    for key @ (cf, k) in keys {
         let (l, r) = (
-            ledger.get(key).copied().unwrap_or(0),
+            sums.get(key).copied().unwrap_or(0),
             stored.get(key).copied().unwrap_or(0),
         );
         if l != r {
-            let (cf, k) = key;
-            differences.push(format!(
-                "{}/{}: rocksdb {r}, ledger {l}",
-                cf_name(*cf),
-                String::from_utf8_lossy(k).escape_debug()
-            ));
+            differences.push(format!("{}: rocksdb {r}, ledger {l}", name(*cf, k)));
             batch.put_cf(handle(db, *cf), k, l.to_le_bytes());
+        }
+    }
+
+    // Records: RocksDB's keys whose value digest differs (or that the ledger never kept), and
+    // the ledger's keys RocksDB lacks (known by digest until the second pass).
+    let mut suspects: HashSet<(Cf, Vec<u8>)> = HashSet::new();
+    for cf in RECORDS {
+        for item in db.iterator_cf(handle(db, cf), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            match last.remove(&(cf, digest(&k))) {
+                Some(Some(d)) if d == digest(&v) => {}
+                _ => {
+                    suspects.insert((cf, k.to_vec()));
+                }
+            }
+        }
+    }
+    let missing: HashSet<(Cf, u64)> = last
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|_| key))
+        .collect();
+    if !suspects.is_empty() || !missing.is_empty() {
+        let mut exact: HashMap<(Cf, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
+        each_ledger_op(dir, |op| {
+            let (cf, k, v) = match op {
+                Op::Put(cf, k, v) => (cf, k, Some(v)),
+                Op::Delete(cf, k) => (cf, k, None),
+                Op::Add(..) => return,
+            };
+            if !RECORDS.contains(&cf) {
+                return;
+            }
+            let key = (cf, k);
+            if suspects.contains(&key) || missing.contains(&(cf, digest(&key.1))) {
+                exact.insert(key, v);
+            }
+        })?;
+        for (cf, k) in suspects {
+            exact.entry((cf, k)).or_insert(None);
+        }
+        let mut exact: Vec<_> = exact.into_iter().collect();
+        exact.sort();
+        let show = |v: &Option<Vec<u8>>| match v {
+            Some(v) => format!("{} bytes", v.len()),
+            None => "none".to_string(),
+        };
+        for ((cf, k), ledger) in exact {
+            let rocks = db.get_cf(handle(db, cf), &k)?;
+            if rocks != ledger {
+                differences.push(format!(
+                    "{}: rocksdb {}, ledger {}",
+                    name(cf, &k),
+                    show(&rocks),
+                    show(&ledger)
+                ));
+                match ledger {
+                    Some(v) => batch.put_cf(handle(db, cf), &k, v),
+                    None => batch.delete_cf(handle(db, cf), &k),
+                }
+            }
         }
     }
     if !differences.is_empty() {

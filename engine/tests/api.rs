@@ -1848,7 +1848,7 @@ async fn counters_caps_configs_and_request_records_survive_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rocksdb_counters_that_disagree_with_the_ledger_are_repaired_and_reported() {
+async fn rocksdb_state_that_disagrees_with_the_ledger_is_repaired_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let config = campaign("c", "")
         + PARTNERS
@@ -1866,8 +1866,10 @@ async fn rocksdb_counters_that_disagree_with_the_ledger_are_repaired_and_reporte
     );
     server.stop().await;
 
-    // Something writes RocksDB behind the ledger's back: the counter says 1, not 5.
-    {
+    // Something writes RocksDB behind the ledger's back: the counter says 1, not 5; the
+    // user's standings are gone; a delivery record is garbage; a win the ledger never saw
+    // appears.
+    let damaged_delivery = {
         let path = data_dir.join("db");
         let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
         let db = loop {
@@ -1883,7 +1885,26 @@ async fn rocksdb_counters_that_disagree_with_the_ledger_are_repaired_and_reporte
         let key = [b"cash\0".as_slice(), &occurrence.to_be_bytes()].concat();
         db.put_cf(db.cf_handle("counters").unwrap(), key, 1u64.to_le_bytes())
             .unwrap();
-    }
+        let users = db.cf_handle("users").unwrap();
+        let standings: Vec<Box<[u8]>> = db
+            .iterator_cf(users, rocksdb::IteratorMode::Start)
+            .map(|kv| kv.unwrap().0)
+            .collect();
+        assert_eq!(standings.len(), 2, "a round and a campaign standing");
+        for k in standings {
+            db.delete_cf(users, k).unwrap();
+        }
+        let deliveries = db.cf_handle("deliveries").unwrap();
+        let (k, _) = db
+            .iterator_cf(deliveries, rocksdb::IteratorMode::Start)
+            .next()
+            .unwrap()
+            .unwrap();
+        db.put_cf(deliveries, &k, b"garbage").unwrap();
+        db.put_cf(db.cf_handle("wins").unwrap(), b"bogus", b"fake!")
+            .unwrap();
+        String::from_utf8(k.to_vec()).unwrap()
+    };
 
     let server = Server::start(&config_path, &data_dir, clock).await;
     let mut c = server.conn().await;
@@ -1904,14 +1925,49 @@ async fn rocksdb_counters_that_disagree_with_the_ledger_are_repaired_and_reporte
         .unwrap();
     let report: Value = r.json();
     assert_eq!(report["ok"], true);
-    let repaired = report["repaired_at_start"].as_array().unwrap();
-    assert_eq!(repaired.len(), 1, "{repaired:?}");
+    let repaired: Vec<&str> = report["repaired_at_start"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(repaired.len(), 5, "{repaired:?}");
     assert!(
-        repaired[0]
-            .as_str()
-            .unwrap()
-            .contains("rocksdb 1, ledger 5"),
+        repaired[0].starts_with("counters/cash") && repaired[0].ends_with("rocksdb 1, ledger 5"),
         "{repaired:?}"
     );
+    // Sizes depend on the encodings: keep each line's family and shape.
+    let shape = |line: &str| {
+        let (what, states) = line.split_once(": ").unwrap();
+        let mut out = what.split('/').next().unwrap().to_string() + ": ";
+        for ch in states.chars() {
+            if !ch.is_ascii_digit() {
+                out.push(ch);
+            } else if !out.ends_with('N') {
+                out.push('N');
+            }
+        }
+        if what.ends_with(&damaged_delivery) {
+            out += " (the damaged one)";
+        }
+        out
+    };
+    let rest: Vec<String> = repaired[1..].iter().map(|r| shape(r)).collect();
+    assert_eq!(
+        rest,
+        [
+            "users: rocksdb none, ledger N bytes",
+            "users: rocksdb none, ledger N bytes",
+            "wins: rocksdb N bytes, ledger none",
+            "deliveries: rocksdb N bytes, ledger N bytes (the damaged one)",
+        ],
+        "{repaired:?}"
+    );
+    // The restored standing holds the cap of 10 wins: 5 more, not 10.
+    let v = draw_ok(&mut c, "r", "u", "q2", 10).await;
+    assert_eq!(wins_in(&v).len(), 5, "{v}");
+    // The restored delivery record reads again.
+    let wins = get_ok(&mut c, "/v1/users/u/wins").await;
+    assert_eq!(wins["wins"].as_array().unwrap().len(), 10, "{wins}");
     server.stop().await;
 }
