@@ -1115,9 +1115,25 @@ async fn reconcile_now(app: &Arc<App>) -> Result<Arc<crate::reconcile::Report>, 
 /// The audit entry says what was done, also when a failure stopped it part way. Answers
 /// (created, re-driven).
 async fn redrive_mismatches(app: &Arc<App>, who: &Principal) -> Result<(usize, usize), ApiError> {
-    let report = reconcile_now(app).await?;
     let (mut created, mut redriven) = (0, 0);
-    let result = close_mismatches(app, &report, &mut created, &mut redriven).await;
+    let result: Result<(), ApiError> = async {
+        // A report lists at most `MAX_LISTED` ids of each kind: while a list was full, there
+        // may be more behind it, so reconcile again (bounded; each pass must close something).
+        for _ in 0..MAX_REDRIVE_PASSES {
+            let report = reconcile_now(app).await?;
+            let before = created + redriven;
+            close_mismatches(app, &report, &mut created, &mut redriven).await?;
+            let m = &report.mismatches;
+            let full = [&m.wins_without_delivery, &m.dead]
+                .iter()
+                .any(|list| list.len() >= crate::reconcile::MAX_LISTED);
+            if !full || created + redriven == before {
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
     let mut what = format!("created {created} missing deliveries, re-drove {redriven} dead");
     if let Err(e) = &result {
         what.push_str(&format!("; stopped by {}: {}", e.code, e.message));
@@ -1125,6 +1141,10 @@ async fn redrive_mismatches(app: &Arc<App>, who: &Principal) -> Result<(usize, u
     record(app, who, "reconciliation_redrive", vec![what]).await?;
     result.map(|()| (created, redriven))
 }
+
+/// Reconcile-and-close passes one re-drive makes at most (each closes up to
+/// [`crate::reconcile::MAX_LISTED`] of each kind).
+const MAX_REDRIVE_PASSES: usize = 100;
 
 async fn close_mismatches(
     app: &App,

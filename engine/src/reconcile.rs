@@ -87,8 +87,9 @@ pub struct Report {
     /// No over-issue, no counter difference, no win without delivery, no delivery without win,
     /// no duplicate.
     pub ok: bool,
-    /// Counters this node's RocksDB held differently from its ledger at start-up (each set to
-    /// the ledger's value): `cf/key: rocksdb A, ledger B`.
+    /// State this node's RocksDB held differently from its ledger at start-up (counters,
+    /// standings, wins, delivery records and outbox entries; each set to the ledger's):
+    /// `cf/key: rocksdb A, ledger B`.
     #[serde(default)]
     pub repaired_at_start: Vec<String>,
     /// The wins behind `wins_without_delivery` (what a re-drive needs to create their

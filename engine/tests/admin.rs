@@ -641,3 +641,59 @@ async fn the_page_is_served_with_a_strict_content_security_policy() {
     assert_eq!(c.get("/admin/nothing.js").await.unwrap().status, 404);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redrive_closes_more_mismatches_than_a_report_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &config(), t0()).await;
+    let mut c = server.conn().await;
+    let listed = redrain::reconcile::MAX_LISTED;
+    let mut ids = Vec::new();
+    for r in 0..listed / 20 + 3 {
+        let v = draw_ok(&mut c, "rain", &format!("u{r}"), "q", 20).await;
+        ids.extend(
+            wins_in(&v)
+                .iter()
+                .map(|w| w["win_id"].as_str().unwrap().to_string()),
+        );
+    }
+    assert!(ids.len() > listed, "{}", ids.len());
+    // Every win's delivery record is lost.
+    let lost = ids
+        .iter()
+        .map(|id| {
+            redrain::storage::Op::Delete(redrain::storage::Cf::Deliveries, id.clone().into_bytes())
+        })
+        .collect();
+    server.app().service.storage.commit(lost).await.unwrap();
+    let pat = Session::login(&mut c, "pat").await;
+    let report = pat
+        .get(&mut c, "/admin/api/reconciliation?run=true")
+        .await
+        .json();
+    let missing = report["mismatches"]["wins_without_delivery"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(missing, listed, "a report lists at most {listed}");
+
+    let r = pat
+        .post(&mut c, "/admin/api/reconciliation/redrive", &Value::Null)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["created"], ids.len());
+    let report = pat
+        .get(&mut c, "/admin/api/reconciliation?run=true")
+        .await
+        .json();
+    assert_eq!(report["ok"], true, "{}", report["mismatches"]);
+    // Idempotent: nothing is left to create.
+    let r = pat
+        .post(&mut c, "/admin/api/reconciliation/redrive", &Value::Null)
+        .await;
+    assert_eq!(
+        (r.json()["created"].clone(), r.json()["redriven"].clone()),
+        (json!(0), json!(0))
+    );
+    server.stop().await;
+}
