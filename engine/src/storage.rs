@@ -738,8 +738,16 @@ fn repair(db: &DB, dir: &Path) -> Result<Vec<String>, StorageError> {
         opts.disable_wal(true);
         db.write_opt(batch, &opts)?;
     }
+    if differences.len() > MAX_REPAIRS_LISTED {
+        let more = differences.len() - MAX_REPAIRS_LISTED;
+        differences.truncate(MAX_REPAIRS_LISTED);
+        differences.push(format!("… and {more} more, all repaired"));
+    }
     Ok(differences)
 }
+
+/// Most start-up repairs listed (and logged) one by one; all of them are made.
+const MAX_REPAIRS_LISTED: usize = 1000;
 
 /// The writer: each group of batches becomes ledger records with one write and one fsync, then
 /// one RocksDB batch without WAL; only then are the group's draws answered. After a ledger
