@@ -16,4 +16,9 @@ wallet=$!
 "$bin" partner-sim --listen 127.0.0.1:9101 --latency-ms 5..40 >target/demo/coffee.txt 2>&1 &
 coffee=$!
 trap 'kill -TERM $wallet $coffee 2>/dev/null; wait $wallet $coffee 2>/dev/null' EXIT
-"$bin" serve --operators configs/operators.toml "$@"
+# The demo operators, unless the arguments name another file.
+operators=(--operators configs/operators.toml)
+for arg in "$@"; do
+  if [[ $arg == --operators* ]]; then operators=(); fi
+done
+"$bin" serve "${operators[@]}" "$@"
