@@ -478,8 +478,12 @@ impl Admin {
 
 /// What a publish of `new` over `old` changed, for its audit entry.
 pub fn publish_changes(old: &RawConfig, new: &RawConfig) -> Vec<String> {
-    let value = |raw: &RawConfig| serde_json::to_value(raw).expect("a raw config serializes");
-    quota::diff::changes(&value(old), &value(new))
+    quota::diff::changes(&config_value(old), &config_value(new))
+}
+
+/// A raw config as the JSON document the draft, the review and the audit compare.
+pub fn config_value(raw: &RawConfig) -> serde_json::Value {
+    serde_json::to_value(raw).expect("a raw config serializes")
 }
 
 const AUDIT_PREFIX: &str = "audit/";

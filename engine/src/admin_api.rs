@@ -16,7 +16,7 @@ use warp::filters::BoxedFilter;
 use warp::http::{header, Response, StatusCode};
 use warp::Filter;
 
-use crate::admin::{credentials, Credentials, Principal, Role, SESSION_COOKIE};
+use crate::admin::{config_value, credentials, Credentials, Principal, Role, SESSION_COOKIE};
 use crate::api::{
     delivery_error, delivery_id, error_reply, json_ok, pending_body, PendingBody, Reply,
 };
@@ -50,6 +50,15 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .and(credentials())
         .and(with_app.clone());
     let query = || warp::query::<HashMap<String, String>>();
+    // A GET with nothing but the caller: `handler(app, who)` answers it.
+    macro_rules! read {
+        ($path:expr, $role:ident, $handler:expr) => {
+            api.clone()
+                .and($path)
+                .and(warp::get())
+                .then(|creds, app| answer(app, creds, Role::$role, $handler))
+        };
+    }
     // A change whose JSON (or TOML) body of at most `limit` bytes goes to `handler`.
     macro_rules! with_body {
         ($method:ident, $path:expr, $role:ident, $limit:expr, $handler:expr) => {
@@ -76,12 +85,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .and(https())
         .and(pending_body())
         .then(|app: Arc<App>, https: bool, body: PendingBody| async move {
-            let started = Instant::now();
-            let reply = login(app.clone(), https, body)
-                .await
-                .unwrap_or_else(|e| error_reply(&e));
-            app.service.metrics.other_latency.observe(started.elapsed());
-            reply
+            timed(&app, login(app.clone(), https, body)).await
         });
     let logout = api
         .clone()
@@ -105,16 +109,14 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
                 .unwrap_or_else(|e| error_reply(&e))
         });
 
-    let config = api
-        .clone()
-        .and(warp::path!("config"))
-        .and(warp::get())
-        .then(|creds, app| {
-            answer(app, creds, Role::Viewer, |app, _| async move {
-                let snap = app.service.snapshot();
-                json_ok(&json!({"seq": snap.seq.0, "config": snap.config.raw}))
-            })
-        });
+    let config = read!(
+        warp::path!("config"),
+        Viewer,
+        |app: Arc<App>, _| async move {
+            let snap = app.service.snapshot();
+            json_ok(&json!({"seq": snap.seq.0, "config": snap.config.raw}))
+        }
+    );
     let post_config = with_body!(
         post,
         warp::path!("config"),
@@ -122,15 +124,9 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         MAX_CONFIG_BODY,
         publish_document
     );
-    let draft = api
-        .clone()
-        .and(warp::path!("draft"))
-        .and(warp::get())
-        .then(|creds, app| {
-            answer(app, creds, Role::Viewer, |app, _| async move {
-                json_ok(&blocking(app, |app| draft_view(&app)).await?)
-            })
-        });
+    let draft = read!(warp::path!("draft"), Viewer, |app, _| async move {
+        json_ok(&blocking(app, |app| draft_view(&app)).await?)
+    });
     let save_draft = with_body!(
         put,
         warp::path!("draft"),
@@ -170,15 +166,9 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
                 upload(app, who, q, body)
             })
         });
-    let live = api
-        .clone()
-        .and(warp::path!("live"))
-        .and(warp::get())
-        .then(|creds, app| {
-            answer(app, creds, Role::Viewer, |app, _| async move {
-                json_ok(&live(&app))
-            })
-        });
+    let live = read!(warp::path!("live"), Viewer, |app: Arc<App>, _| async move {
+        json_ok(&live(&app))
+    });
     let audit = api
         .clone()
         .and(warp::path!("audit"))
@@ -192,15 +182,9 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
                 json_ok(&json!({ "entries": entries }))
             })
         });
-    let drops = api
-        .clone()
-        .and(warp::path!("drops"))
-        .and(warp::get())
-        .then(|creds, app| {
-            answer(app, creds, Role::Viewer, |app, _| {
-                scan(app, |app| json_ok(&drop_tasks(&app)))
-            })
-        });
+    let drops = read!(warp::path!("drops"), Viewer, |app, _| {
+        scan(app, |app| json_ok(&drop_tasks(&app)))
+    });
     let map = api
         .clone()
         .and(warp::path!("drops" / String / "map"))
@@ -212,19 +196,17 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
             })
         });
 
-    let delivery = api
-        .clone()
-        .and(warp::path!("delivery"))
-        .and(warp::get())
-        .then(|creds, app| {
-            answer(app, creds, Role::Viewer, |app, _| async move {
-                let (ready, later) = redrain_delivery::queue::LaneQueue::bytes_per_id();
-                json_ok(&json!({
-                    "lanes": app.service.deliveries.stats(),
-                    "queued_bytes_per_delivery": {"ready": ready, "retrying": later},
-                }))
-            })
-        });
+    let delivery = read!(
+        warp::path!("delivery"),
+        Viewer,
+        |app: Arc<App>, _| async move {
+            let (ready, later) = redrain_delivery::queue::LaneQueue::bytes_per_id();
+            json_ok(&json!({
+                "lanes": app.service.deliveries.stats(),
+                "queued_bytes_per_delivery": {"ready": ready, "retrying": later},
+            }))
+        }
+    );
     let redrive_one = api
         .clone()
         .and(warp::path!("delivery" / String / "redrive"))
@@ -365,20 +347,27 @@ fn now(app: &App) -> u64 {
     app.service.clock.now_ms()
 }
 
-/// Answers a request once its caller has `role`, timing it like the engine's other routes.
-/// A body is read inside `handler`, so only after the check.
+/// Answers a request once its caller has `role`. A body is read inside `handler`, so only
+/// after the check.
 async fn answer<F, Fut>(app: Arc<App>, creds: Credentials, role: Role, handler: F) -> Reply
 where
     F: FnOnce(Arc<App>, Principal) -> Fut,
     Fut: std::future::Future<Output = Result<Reply, ApiError>>,
 {
+    let checked = app.admin.require(&creds, role, now(&app));
+    timed(&app.clone(), async move { handler(app, checked?).await }).await
+}
+
+/// Awaits `reply` into a response, counted in the latency histogram like the engine's other
+/// routes.
+async fn timed(
+    app: &App,
+    reply: impl std::future::Future<Output = Result<Reply, ApiError>>,
+) -> Reply {
     let started = Instant::now();
-    let reply = match app.admin.require(&creds, role, now(&app)) {
-        Ok(who) => handler(app.clone(), who).await,
-        Err(e) => Err(e),
-    };
+    let reply = reply.await.unwrap_or_else(|e| error_reply(&e));
     app.service.metrics.other_latency.observe(started.elapsed());
-    reply.unwrap_or_else(|e| error_reply(&e))
+    reply
 }
 
 /// Runs `f` off the async workers (argon2, file parsing, walking millions of drops).
@@ -397,13 +386,15 @@ async fn scan<T: Send + 'static>(
     app: Arc<App>,
     f: impl FnOnce(Arc<App>) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let _turn = app
-        .admin
-        .scans
-        .acquire()
-        .await
-        .map_err(ApiError::internal)?;
+    let _turn = turn(&app.admin.scans).await?;
     blocking(app.clone(), f).await
+}
+
+/// A place under one of the admin's bounds (uploads, scans); waits for one to free up.
+async fn turn(
+    bound: &tokio::sync::Semaphore,
+) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    bound.acquire().await.map_err(ApiError::internal)
 }
 
 /// Writes one audit entry for an action that changed no config.
@@ -534,10 +525,6 @@ async fn publish_as(
     .await
 }
 
-fn to_value(raw: &RawConfig) -> Value {
-    serde_json::to_value(raw).expect("a raw config serializes")
-}
-
 /// `POST /admin/api/config`: a whole TOML or JSON document (scripts).
 async fn publish_document(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply, ApiError> {
     let parsed = match std::str::from_utf8(&body) {
@@ -624,7 +611,7 @@ fn check_draft(app: &App, config: &Value) -> Vec<FieldError> {
 /// a big config: call it off the async workers.
 fn draft_view(app: &App) -> Result<Value, ApiError> {
     let snap = app.service.snapshot();
-    let live = to_value(&snap.config.raw);
+    let live = config_value(&snap.config.raw);
     let draft = stored_draft(app)?;
     let config = draft.as_ref().map_or(&live, |d| &d.config);
     Ok(json!({
@@ -653,13 +640,13 @@ async fn save_draft(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply,
     // A draft that reads as a config is stored with its defaults filled in, so the review
     // shows only what the editor changed; one that does not is kept as written, to fix.
     if let Ok(raw) = serde_json::from_value::<RawConfig>(config.clone()) {
-        config = to_value(&raw);
+        config = config_value(&raw);
     }
     let _one_at_a_time = app.admin.drafts.lock().await;
     let before = expected_draft(&app, &req.expect_rev)?;
     let snap = app.service.snapshot();
     let base_seq = before.as_ref().map_or(snap.seq.0, |d| d.base_seq);
-    let before = before.map_or_else(|| to_value(&snap.config.raw), |d| d.config);
+    let before = before.map_or_else(|| config_value(&snap.config.raw), |d| d.config);
     let at = now(&app);
     let changes = quota::diff::changes(&before, &config);
     let stored = StoredDraft {
@@ -678,6 +665,11 @@ async fn save_draft(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply,
         app.admin
             .audit(&who, "draft_saved", snap.seq.0, changes, at),
     ];
+    commit_draft(&app, ops).await
+}
+
+/// Commits a change of the draft with its audit entry; answers the draft as it is now.
+async fn commit_draft(app: &Arc<App>, ops: Vec<Op>) -> Result<Reply, ApiError> {
     app.service
         .storage
         .commit(ops)
@@ -697,18 +689,13 @@ async fn discard_draft(app: Arc<App>, who: Principal, body: Bytes) -> Result<Rep
     let _one_at_a_time = app.admin.drafts.lock().await;
     let draft = expected_draft(&app, &Some(req.expect_rev))?.expect("a named draft exists");
     let snap = app.service.snapshot();
-    let changes = quota::diff::changes(&draft.config, &to_value(&snap.config.raw));
+    let changes = quota::diff::changes(&draft.config, &config_value(&snap.config.raw));
     let ops = vec![
         Op::Delete(Cf::Meta, DRAFT_KEY.to_vec()),
         app.admin
             .audit(&who, "draft_discarded", snap.seq.0, changes, now(&app)),
     ];
-    app.service
-        .storage
-        .commit(ops)
-        .await
-        .map_err(ApiError::unavailable)?;
-    json_ok(&blocking(app.clone(), |app| draft_view(&app)).await?)
+    commit_draft(&app, ops).await
 }
 
 #[derive(Deserialize)]
@@ -851,12 +838,7 @@ async fn upload(
             )
         })?;
     let (stem, ext) = (stem.to_string(), ext.to_string());
-    let _one_at_a_time = app
-        .admin
-        .uploads
-        .acquire()
-        .await
-        .map_err(ApiError::internal)?;
+    let _one_at_a_time = turn(&app.admin.uploads).await?;
     let body = body.read(MAX_UPLOAD).await?;
     let bytes = body.len();
     let (path, points) = blocking(app.clone(), move |app| {
