@@ -85,14 +85,17 @@ impl Drop for SimProcess {
 fn cpu_s(pid: Option<u32>) -> f64 {
     let path = pid.map_or("/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
     let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the command name (which is in parentheses): utime and stime are 14 and 15.
+    // Fields after the command name (which is in parentheses) start at field 3; utime and
+    // stime are fields 14 and 15. Fields are taken by position: some are negative (tpgid is
+    // -1 without a terminal) or not numbers (the state).
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // `rest` starts at field 3 (state, not a number), so field n is at index n - 4.
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    let field = |n: usize| -> u64 {
+        rest.split_whitespace()
+            .nth(n - 3)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    };
+    let ticks = field(14) + field(15);
     ticks as f64 / 100.0 // USER_HZ is 100 on Linux
 }
 
