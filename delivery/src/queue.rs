@@ -46,6 +46,12 @@ impl LaneQueue {
         self.ready.len() + self.later.len()
     }
 
+    /// Bytes the queue's buffers hold (their capacity, not just the ids in them).
+    pub fn heap_bytes(&self) -> usize {
+        self.ready.capacity() * std::mem::size_of::<DeliveryId>()
+            + self.later.capacity() * std::mem::size_of::<Reverse<(u64, DeliveryId)>>()
+    }
+
     /// Whether nothing is queued to send as soon as possible (ids due later may be held).
     pub fn ready_is_empty(&self) -> bool {
         self.ready.is_empty()
