@@ -69,9 +69,6 @@ pub struct LoadArgs {
     pub json: bool,
 }
 
-/// Granularity of tokio's timer: pacing lateness below it is not charged to the engine.
-const TIMER_SLACK: Duration = Duration::from_millis(1);
-
 #[derive(Debug, Clone)]
 struct Won {
     user: String,
@@ -133,7 +130,31 @@ enum Phase {
 }
 
 /// Runs the load and the checks; the exit code is non-zero if a check failed.
+/// Runs `redrain load`: prints the report and exits non-zero when a check failed or no draw
+/// succeeded.
 pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    let report = report(&args).await?;
+    if args.json {
+        println!("{report}");
+    }
+    Ok(if passed(&report) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Whether a report says every check held and some draw succeeded.
+pub fn passed(report: &Value) -> bool {
+    report["check_failures"]
+        .as_array()
+        .is_some_and(|f| f.is_empty())
+        && report["draws"]["ok"].as_u64().unwrap_or(0) > 0
+}
+
+/// Loads the engine, checks it through its API and returns the report (also printed as
+/// lines): throughput, latency, outcomes, memory, and `check_failures`.
+pub async fn report(args: &LoadArgs) -> anyhow::Result<Value> {
     if args.connections == 0 || args.connections > 10_000 {
         bail!("--connections must be from 1 to 10000");
     }
@@ -159,11 +180,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
 
     let rss_before = resident(&mut conn).await;
     let healthz = if args.compare_healthz {
-        Some(phase(&args, addr, Phase::Healthz, &round, &prefix).await?)
+        Some(phase(args, addr, Phase::Healthz, &round, &prefix).await?)
     } else {
         None
     };
-    let draws = phase(&args, addr, Phase::Draw, &round, &prefix).await?;
+    let draws = phase(args, addr, Phase::Draw, &round, &prefix).await?;
 
     let mut report = json!({
         "round": round,
@@ -214,15 +235,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
             "checks: ok (issued ≤ quota, wins per 100 ms slot ≤ share, per-user caps, wins listed)"
         );
     }
-    report["check_failures"] = failures.clone().into();
-    if args.json {
-        println!("{report}");
-    }
-    Ok(if failures.is_empty() && draws.ok > 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    report["check_failures"] = failures.into();
+    Ok(report)
 }
 
 async fn resident(conn: &mut Conn) -> Option<u64> {
@@ -284,24 +298,32 @@ async fn phase(
             };
             let path = format!("/v1/rounds/{round}/draw");
             let mut rng_state = (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            let mut scheduled = Instant::now();
+            // Senders are spread over one interval, so a fixed rate arrives evenly rather than
+            // in bursts of one request per connection.
+            let mut scheduled = Instant::now()
+                + per_conn_interval.map_or(Duration::ZERO, |iv| iv * c as u32 / args.connections as u32);
             let mut n = 0u64;
             while !stop.load(Relaxed) {
                 if args.requests > 0 && sent.fetch_add(1, Relaxed) >= args.requests {
                     break;
                 }
+                // At a fixed rate, a sender still busy with its previous request when the next
+                // one is due is behind because of the engine: it sends at once and measures from
+                // the intended send time (no coordinated omission). A sender that slept measures
+                // from when it woke: tokio's timer wakes up to 1-2 ms late, and that lateness is
+                // the pacer's, not the engine's.
+                let mut behind = false;
                 if let Some(iv) = per_conn_interval {
                     scheduled += iv;
-                    tokio::time::sleep_until(scheduled.into()).await; // pacing, not synchronization
+                    behind = Instant::now() >= scheduled;
+                    if !behind {
+                        tokio::time::sleep_until(scheduled.into()).await; // pacing, not synchronization
+                    }
                     if stop.load(Relaxed) {
                         break;
                     }
                 }
-                // At a fixed rate, a sender that is behind schedule measures from the intended
-                // send time (no coordinated omission); lateness within the timer's 1 ms
-                // granularity is the pacer's, not the engine's, and is not counted.
-                let now = Instant::now();
-                let t0 = if per_conn_interval.is_some() && now.duration_since(scheduled) > TIMER_SLACK { scheduled } else { now };
+                let t0 = if behind { scheduled } else { Instant::now() };
                 let mut user = String::new();
                 let reply = match kind {
                     Phase::Healthz => conn.get("/healthz").await,
