@@ -129,7 +129,6 @@ enum Phase {
     Draw,
 }
 
-/// Runs the load and the checks; the exit code is non-zero if a check failed.
 /// Runs `redrain load`: prints the report and exits non-zero when a check failed or no draw
 /// succeeded.
 pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
