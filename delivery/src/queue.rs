@@ -48,8 +48,8 @@ impl LaneQueue {
 
     /// Bytes the queue's buffers hold (their capacity, not just the ids in them).
     pub fn heap_bytes(&self) -> usize {
-        self.ready.capacity() * std::mem::size_of::<DeliveryId>()
-            + self.later.capacity() * std::mem::size_of::<Reverse<(u64, DeliveryId)>>()
+        let (ready, later) = Self::bytes_per_id();
+        self.ready.capacity() * ready + self.later.capacity() * later
     }
 
     /// Whether nothing is queued to send as soon as possible (ids due later may be held).

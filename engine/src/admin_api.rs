@@ -354,8 +354,11 @@ where
     F: FnOnce(Arc<App>, Principal) -> Fut,
     Fut: std::future::Future<Output = Result<Reply, ApiError>>,
 {
-    let checked = app.admin.require(&creds, role, now(&app));
-    timed(&app.clone(), async move { handler(app, checked?).await }).await
+    timed(&app.clone(), async move {
+        let who = app.admin.require(&creds, role, now(&app))?;
+        handler(app, who).await
+    })
+    .await
 }
 
 /// Awaits `reply` into a response, counted in the latency histogram like the engine's other
