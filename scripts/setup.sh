@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages redrain needs, idempotently (Debian, as root or with sudo), and
 # any extra packages named as arguments (benchmark scripts add their own tools).
-# clang + libclang-dev: bindgen for the rocksdb crate's bindings.
+# clang + libclang-dev: bindgen for the rocksdb crate's bindings. g++ (and with it gcc): the C++
+# of RocksDB and the C of mimalloc, the allocator.
 set -euo pipefail
 
-packages=(clang libclang-dev "$@")
+packages=(clang libclang-dev g++ "$@")
 
 missing=()
 for p in "${packages[@]}"; do
