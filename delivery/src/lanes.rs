@@ -10,7 +10,7 @@
 //! point leaves the record pending or moved on, never lost; a delivery the partner took just
 //! before a crash is sent again with the same idempotency key.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use rand::Rng;
+use rustc_hash::FxHashSet;
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -40,6 +41,8 @@ pub const BACKOFF_BASE_MS: u64 = 250;
 pub const BACKOFF_MAX_MS: u64 = 60_000;
 /// A store failure while recording an answer: try the delivery again after this.
 const STORE_RETRY_MS: u64 = 1_000;
+/// Most ids a lane takes (and reads the records of) at once.
+const MAX_BATCH: u32 = 64;
 
 /// Milliseconds since the Unix epoch. Lanes use the wall clock: their slots must line up with
 /// the partner's.
@@ -131,7 +134,7 @@ struct Lane {
     queue: Mutex<LaneQueue>,
     throttle: Mutex<Throttle>,
     /// Ids being sent or recorded: never sent twice at once.
-    busy: Mutex<HashSet<DeliveryId>>,
+    busy: Mutex<FxHashSet<DeliveryId>>,
     in_flight: AtomicU32,
     wake: Notify,
     closing: AtomicBool,
@@ -161,9 +164,19 @@ struct InFlight<'a>(&'a Lane);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.wake.notify_one();
+        let left = self.0.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        let max = self.0.settings.load().max_in_flight;
+        if max.saturating_sub(left) >= batch_room(max) {
+            self.0.wake.notify_one();
+        }
     }
+}
+
+/// The room in flight a lane waits for before it takes more ids: an eighth of its cap (at most
+/// [`MAX_BATCH`], at least one), so a busy lane sends and reads records in batches instead of
+/// waking for every answer.
+fn batch_room(max_in_flight: u32) -> u32 {
+    (max_in_flight / 8).clamp(1, MAX_BATCH)
 }
 
 /// What a partner's answer means for the delivery.
@@ -218,7 +231,7 @@ impl Deliveries {
                 uri: ArcSwap::from_pointee(uri),
                 queue: Mutex::new(LaneQueue::new(self.max_queued)),
                 throttle: Mutex::new(Throttle::new(p.rate_per_s)),
-                busy: Mutex::new(HashSet::new()),
+                busy: Mutex::new(FxHashSet::default()),
                 in_flight: AtomicU32::new(0),
                 wake: Notify::new(),
                 closing: AtomicBool::new(false),
@@ -376,8 +389,11 @@ impl Deliveries {
             }
             let settings = lane.settings.load_full();
             let now = now_ms();
-            if settings.paused || lane.in_flight.load(Ordering::SeqCst) >= settings.max_in_flight {
-                wake.await;
+            let room = settings
+                .max_in_flight
+                .saturating_sub(lane.in_flight.load(Ordering::SeqCst));
+            if settings.paused || room < batch_room(settings.max_in_flight) {
+                wake.await; // an answer that leaves enough room wakes the lane
                 continue;
             }
             let next = lane.queue.lock().next(now);
@@ -392,19 +408,22 @@ impl Deliveries {
                 }
                 Next::Due => {}
             }
-            let taken = lane.throttle.lock().try_take(now);
-            if let Err(at) = taken {
-                sleep_or_wake(at.saturating_sub(now), wake).await;
+            let (batch, throttled) = take_batch(&lane, now, room.min(MAX_BATCH) as usize);
+            if batch.is_empty() {
+                if let Some(at) = throttled {
+                    sleep_or_wake(at.saturating_sub(now), wake).await;
+                }
                 continue;
             }
-            let Some(id) = lane.queue.lock().pop(now) else {
-                continue;
-            };
-            if !lane.busy.lock().insert(id) {
-                continue; // a second copy of an id being sent: the first one's answer decides
+            // One batched read for the records of every id taken.
+            let records = self.store.load_many(&batch);
+            for (id, record) in batch.into_iter().zip(records) {
+                lane.in_flight.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(
+                    self.clone()
+                        .deliver(lane.clone(), settings.clone(), id, record),
+                );
             }
-            lane.in_flight.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(self.clone().deliver(lane.clone(), settings, id));
         }
     }
 
@@ -444,32 +463,39 @@ impl Deliveries {
         lane: Arc<Lane>,
         settings: Arc<PartnerSettings>,
         id: DeliveryId,
+        record: Result<Option<Record>, StoreError>,
     ) {
-        let outcome = self.attempt(&lane, &settings, id, InFlight(&lane)).await;
+        let in_flight = InFlight(&lane);
+        let outcome = match record {
+            Ok(record) => self.attempt(&lane, &settings, id, record, in_flight).await,
+            Err(e) => Err(e),
+        };
         // Out of `busy` first: a copy popped in between would be dropped as a duplicate.
         lane.busy.lock().remove(&id);
-        match outcome {
-            Ok(Some(at)) => {
-                lane.queue.lock().push_at(at, id);
-            }
-            Ok(None) => {}
+        let again = match outcome {
+            Ok(at) => at,
             Err(e) => {
                 tracing::error!(%id, error = %e, "recording a delivery failed; it is tried again");
-                lane.queue.lock().push_at(now_ms() + STORE_RETRY_MS, id);
+                Some(now_ms() + STORE_RETRY_MS)
             }
+        };
+        if let Some(at) = again {
+            lane.queue.lock().push_at(at, id);
+            lane.wake.notify_one();
         }
-        lane.wake.notify_one();
     }
 
-    /// Sends one delivery and records the answer; returns when it is due again, if it is.
+    /// Sends one delivery (its stored record as read just before) and records the answer;
+    /// returns when it is due again, if it is.
     async fn attempt(
         &self,
         lane: &Lane,
         settings: &PartnerSettings,
         id: DeliveryId,
+        record: Option<Record>,
         in_flight: InFlight<'_>,
     ) -> Result<Option<u64>, StoreError> {
-        let Some(mut rec) = self.store.load(id)? else {
+        let Some(mut rec) = record else {
             tracing::warn!(%id, "queued delivery has no record");
             return Ok(None);
         };
@@ -603,6 +629,26 @@ impl Deliveries {
             }
         }
     }
+}
+
+/// Takes up to `max` due ids, each with room in the lane's throttle, and marks them busy; with
+/// when the throttle has room again if it ran out.
+fn take_batch(lane: &Lane, now: u64, max: usize) -> (Vec<DeliveryId>, Option<u64>) {
+    let mut batch = Vec::new();
+    let mut queue = lane.queue.lock();
+    let mut throttle = lane.throttle.lock();
+    let mut busy = lane.busy.lock();
+    while batch.len() < max && queue.next(now) == Next::Due {
+        if let Err(at) = throttle.try_take(now) {
+            return (batch, Some(at));
+        }
+        let Some(id) = queue.pop(now) else { break };
+        // A second copy of an id being sent is dropped: the first one's answer decides.
+        if busy.insert(id) {
+            batch.push(id);
+        }
+    }
+    (batch, None)
 }
 
 fn classify(status: u16, retry_after_ms: Option<u64>, body: &[u8]) -> Answer {

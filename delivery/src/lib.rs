@@ -12,10 +12,13 @@
 //! - [`queue`]: a lane's bounded in-memory queue of ids.
 //! - [`sign`]: the request signature (HMAC-SHA256) and its verifier.
 //! - [`sim`]: `partner-sim`, a real HTTP partner for tests and demos.
+//! - [`serve`]: HTTP/1.1 serving with a connection cap and a graceful drain (the engine's API
+//!   and `partner-sim`).
 
 pub mod lanes;
 pub mod queue;
 pub mod record;
+pub mod serve;
 pub mod sign;
 pub mod sim;
 pub mod throttle;

@@ -193,6 +193,11 @@ pub struct StoreError(pub String);
 pub trait Store: Send + Sync + 'static {
     /// The record of one delivery.
     fn load(&self, id: DeliveryId) -> Result<Option<Record>, StoreError>;
+    /// The records of many deliveries, in the order of `ids` (a store that can read them in
+    /// one batch does so).
+    fn load_many(&self, ids: &[DeliveryId]) -> Vec<Result<Option<Record>, StoreError>> {
+        ids.iter().map(|&id| self.load(id)).collect()
+    }
     /// Writes a record that is stored with state `was`, durably, and files it by its state:
     /// open deliveries in the partner's outbox, dead ones in its dead letters, delivered ones
     /// in neither.

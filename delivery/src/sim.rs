@@ -39,7 +39,6 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -628,46 +627,16 @@ fn huge() -> Response<Body> {
 /// Serves `sim` on `listener` (HTTP/1.1, keep-alive; at most [`MAX_CONNECTIONS`] at once) until
 /// `shutdown` resolves, then lets open requests finish for at most [`DRAIN`] and returns.
 pub async fn serve(listener: TcpListener, sim: Arc<Sim>, shutdown: impl Future<Output = ()>) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = slots.clone().acquire_owned() => permit.expect("never closed"),
-        };
-        let (stream, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "partner-sim: accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await; // e.g. out of fds
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(move |req| {
         let sim = sim.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let sim = sim.clone();
-            async move { Ok::<_, Infallible>(sim.handle(req).await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("partner-sim: connections still open after the drain period");
-    }
+        async move { Ok::<_, Infallible>(sim.handle(req).await) }
+    });
+    let limits = crate::serve::Limits {
+        max_connections: MAX_CONNECTIONS,
+        drain: DRAIN,
+        name: "partner-sim",
+    };
+    crate::serve::http1(listener, service, limits, shutdown).await;
 }
 
 #[cfg(test)]

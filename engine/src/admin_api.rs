@@ -503,7 +503,8 @@ fn invalid_config(e: quota::config::ConfigErrors) -> ApiError {
 }
 
 /// Publishes `config` on behalf of `who` (off the async workers: drop tasks may be millions of
-/// points), with the audit entry and `also` in the same commit.
+/// points), with the audit entry and `also` in the same commit. The outer error is the blocking
+/// task's; the inner one is why the publish was refused, for callers that act on it.
 async fn publish_as(
     app: Arc<App>,
     who: Principal,
@@ -511,7 +512,7 @@ async fn publish_as(
     expect: Option<SeqNo>,
     action: &'static str,
     also: Vec<Op>,
-) -> Result<u64, ApiError> {
+) -> Result<Result<u64, PublishFailure>, ApiError> {
     blocking(app, move |app| {
         let at = now(&app);
         let extra = |seq: SeqNo, old: &RawConfig, new: &RawConfig| {
@@ -520,10 +521,12 @@ async fn publish_as(
             ops.extend(also.iter().cloned());
             ops
         };
-        let snap = crate::server::publish(&app.service, config, None, expect, &extra)
-            .map_err(publish_error)?;
-        tracing::info!(seq = snap.seq.0, operator = %who.name, action, "config published");
-        Ok(snap.seq.0)
+        Ok(
+            crate::server::publish(&app.service, config, None, expect, &extra).map(|snap| {
+                tracing::info!(seq = snap.seq.0, operator = %who.name, action, "config published");
+                snap.seq.0
+            }),
+        )
     })
     .await
 }
@@ -542,7 +545,9 @@ async fn publish_document(app: Arc<App>, who: Principal, body: Bytes) -> Result<
         }
     };
     let config = parsed.map_err(invalid_config)?;
-    let seq = publish_as(app, who, config, None, "published", Vec::new()).await?;
+    let seq = publish_as(app, who, config, None, "published", Vec::new())
+        .await?
+        .map_err(publish_error)?;
     json_ok(&json!({ "seq": seq }))
 }
 
@@ -718,7 +723,9 @@ async fn publish_draft(app: Arc<App>, who: Principal, body: Bytes) -> Result<Rep
     let config = Config::from_json(&bytes).map_err(invalid_config)?;
     let clear = vec![Op::Delete(Cf::Meta, DRAFT_KEY.to_vec())];
     let expect = Some(SeqNo(req.expect_seq));
-    let seq = publish_as(app.clone(), who, config, expect, "published", clear).await?;
+    let seq = publish_as(app.clone(), who, config, expect, "published", clear)
+        .await?
+        .map_err(publish_error)?;
     json_ok(&json!({ "seq": seq }))
 }
 
@@ -804,10 +811,10 @@ async fn kill_switch(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply
             "kill_switch",
             Vec::new(),
         );
-        match publish.await {
+        match publish.await? {
             Ok(seq) => return json_ok(&json!({"seq": seq, "changed": true})),
-            Err(e) if e.code == "stale_review" && attempt < KILL_ATTEMPTS => continue,
-            Err(e) => return Err(e),
+            Err(PublishFailure::Stale { .. }) if attempt < KILL_ATTEMPTS => continue,
+            Err(e) => return Err(publish_error(e)),
         }
     }
 }

@@ -73,17 +73,32 @@ impl RocksStore {
     }
 }
 
+/// A stored record's JSON, read back.
+fn parse_record(id: DeliveryId, bytes: Option<Vec<u8>>) -> Result<Option<Record>, StoreError> {
+    bytes
+        .map(|b| serde_json::from_slice(&b).map_err(|e| StoreError(format!("record {id}: {e}"))))
+        .transpose()
+}
+
 impl Store for RocksStore {
     fn load(&self, id: DeliveryId) -> Result<Option<Record>, StoreError> {
         let bytes = self
             .0
             .get(Cf::Deliveries, id.to_string().as_bytes())
             .map_err(|e| StoreError(e.to_string()))?;
-        bytes
-            .map(|b| {
-                serde_json::from_slice(&b).map_err(|e| StoreError(format!("record {id}: {e}")))
-            })
-            .transpose()
+        parse_record(id, bytes)
+    }
+
+    fn load_many(&self, ids: &[DeliveryId]) -> Vec<Result<Option<Record>, StoreError>> {
+        let keys: Vec<String> = ids.iter().map(DeliveryId::to_string).collect();
+        match self.0.get_many(Cf::Deliveries, &keys) {
+            Ok(got) => ids
+                .iter()
+                .zip(got)
+                .map(|(&id, bytes)| parse_record(id, bytes))
+                .collect(),
+            Err(e) => vec![Err(StoreError(e.to_string())); ids.len()],
+        }
     }
 
     fn save(&self, record: Record, was: State) -> BoxFuture<'static, Result<(), StoreError>> {

@@ -1,7 +1,6 @@
 //! Opening the engine on a data dir, and serving it on a bound listener until shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -399,43 +398,13 @@ pub async fn serve<F>(
     F: warp::Filter<Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
 {
-    let service = warp::service(routes);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = slots.clone().acquire_owned() => permit.expect("never closed"),
-        };
-        let (stream, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await; // e.g. out of fds: back off
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let svc = hyper_util::service::TowerToHyperService::new(service.clone());
-        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the drain period; closing");
-    }
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(routes));
+    let limits = redrain_delivery::serve::Limits {
+        max_connections: MAX_CONNECTIONS,
+        drain,
+        name: "redrain",
+    };
+    redrain_delivery::serve::http1(listener, service, limits, shutdown).await;
 }
 
 /// Recounts region remaining counts every `region_refresh_s` (the shortest of the live tasks').

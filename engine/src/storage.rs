@@ -240,6 +240,19 @@ impl Storage {
         Ok(self.db.get_cf(self.cf(cf), key)?)
     }
 
+    /// Reads many keys of one column family in one batched lookup, in the order given.
+    pub fn get_many<K: AsRef<[u8]>>(
+        &self,
+        cf: Cf,
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        self.db
+            .batched_multi_get_cf(self.cf(cf), keys, false)
+            .into_iter()
+            .map(|got| Ok(got?.map(|s| s.to_vec())))
+            .collect()
+    }
+
     /// Makes `ops` durable as one ledger record (fsynced) and applies them to RocksDB as one
     /// atomic batch; resolves once both are done.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StorageError> {
@@ -300,16 +313,10 @@ impl Storage {
         user: &str,
     ) -> Result<UserStanding, StorageError> {
         let keys = [round_key(round, user), campaign_key(campaign, user)];
-        let cf = self.cf(Cf::Users);
-        let mut got = self
-            .db
-            .batched_multi_get_cf(cf, keys.iter(), false)
-            .into_iter();
-        let mut next = || -> Result<Option<Vec<u8>>, StorageError> {
-            Ok(got.next().transpose()?.flatten().map(|s| s.to_vec()))
-        };
-        let round_rec = next()?;
-        let campaign_rec = next()?;
+        let [round_rec, campaign_rec]: [Option<Vec<u8>>; 2] = self
+            .get_many(Cf::Users, &keys)?
+            .try_into()
+            .expect("one answer per key");
         let mut s = UserStanding::default();
         if let Some(b) = round_rec.filter(|b| b.len() == 20) {
             s.occurrence = Some(decode_u64(&b[0..8]));

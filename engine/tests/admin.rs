@@ -509,6 +509,52 @@ async fn a_paused_prize_is_never_won_and_the_dashboard_counts_every_win_in_its_s
     server.stop().await;
 }
 
+/// Kill switches flipped at once: each publishes only over the live SeqNo it read, so some
+/// find another publish landed first (with one attempt each, this test fails). Each of those
+/// reads the live config again and tries again (at most 5 times; each other switch can beat it
+/// only once), so every flag ends set and none undoes another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_switches_flipped_at_once_all_take_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &config(), t0()).await;
+    let mut c = server.conn().await;
+    let pat = Session::login(&mut c, "pat").await;
+    let seq = config_seq(&mut c).await;
+    let switches = [
+        ("prize", "lucky"),
+        ("prize", "big"),
+        ("round", "rain"),
+        ("campaign", "spring"),
+    ];
+    let flip = |kind: &'static str, id: &'static str| {
+        let (pat, conn) = (pat.clone(), server.conn());
+        async move {
+            let mut c = conn.await;
+            let body = json!({"kind": kind, "id": id, "paused": true});
+            pat.post(&mut c, "/admin/api/kill", &body).await
+        }
+    };
+    let replies = futures_util::future::join_all(switches.map(|(kind, id)| flip(kind, id))).await;
+    for r in replies {
+        assert_eq!(
+            (r.status, r.json()["changed"].clone()),
+            (200, json!(true)),
+            "{:?}",
+            r.json()
+        );
+    }
+    assert_eq!(config_seq(&mut c).await, seq + switches.len() as u64);
+    for (kind, id) in switches {
+        let r = flip(kind, id).await;
+        assert_eq!(
+            r.json()["changed"],
+            json!(false),
+            "{kind} {id} is paused in the live config"
+        );
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn uploads_are_checked_and_the_map_answers_points_or_density() {
     let dir = tempfile::tempdir().unwrap();

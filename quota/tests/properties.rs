@@ -26,43 +26,9 @@ use rand::{Rng, SeedableRng};
 // Configs
 // ---------------------------------------------------------------------------------------------
 
-/// A copy of `quota::config::tests_support::GOOD` (it is `cfg(test)`-only inside the crate):
-/// one campaign, a wallet partner, and round `r1` (50 s every 60 s from 2026-01-01) with one prize.
-const GOOD: &str = r#"
-        [[campaigns]]
-        id = "spring"
-        starts_at = "2026-01-01T00:00:00Z"
-        ends_at = "2036-01-01T00:00:00Z"
-        max_wins_per_user = 10
-        max_cash_cents_per_user = 10000
-
-        [[partners]]
-        id = "wallet"
-        kind = "wallet"
-        url = "http://127.0.0.1:9000/deliver"
-        rate_per_s = 1000
-        max_in_flight = 16
-        timeout_ms = 1000
-
-        [[rounds]]
-        id = "r1"
-        campaign = "spring"
-        starts_at = "2026-01-01T00:00:00Z"
-        duration_s = 50
-        every_s = 60
-        participation_s = 30
-        max_wins_per_user = 3
-        no_win_weight = 90
-
-        [[rounds.prizes]]
-        id = "cash-88"
-        kind = "cash"
-        amount_cents = 88
-        partner = "wallet"
-        quota = 100
-        rate_per_s = 15
-        weight = 10
-    "#;
+/// One campaign, a wallet partner, and round `r1` (50 s every 60 s from 2026-01-01) with one
+/// prize (the crate's unit tests read the same file).
+const GOOD: &str = include_str!("fixtures/good.toml");
 
 /// A coupon partner, so generated rounds can mix cash and coupon prizes.
 const COUPON_PARTNER: &str = r#"
