@@ -560,7 +560,7 @@ impl Deliveries {
             }
         }
         let (state, created_ms) = (rec.state, rec.created_ms);
-        self.store.save(rec, was).await?;
+        self.store.save_answer(rec, was).await?;
         let counter = match state {
             State::Delivered => {
                 let _ = lane

@@ -202,6 +202,15 @@ pub trait Store: Send + Sync + 'static {
     /// open deliveries in the partner's outbox, dead ones in its dead letters, delivered ones
     /// in neither.
     fn save(&self, record: Record, was: State) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// [`Store::save`] of a partner's answer. Only the lane waits on it, so a store may hold it
+    /// briefly to make several durable together.
+    fn save_answer(
+        &self,
+        record: Record,
+        was: State,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.save(record, was)
+    }
     /// A partner's outbox (open deliveries) in id order: each id with when it is due (0: now;
     /// [`NOT_SCHEDULED`]: only when the user or an operator asks).
     fn outbox(&self, partner: &str) -> Result<Vec<(DeliveryId, u64)>, StoreError>;

@@ -103,6 +103,7 @@ pub fn routes(
             let mut text = svc
                 .metrics
                 .render(svc.snapshot().seq.0, svc.locks.in_flight());
+            crate::metrics::render_storage(&mut text, svc.storage.groups());
             crate::metrics::render_lanes(&mut text, &svc.deliveries.stats());
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")

@@ -10,7 +10,7 @@ use quota::store::NodeShare;
 use redrain_delivery::lanes::PartnerSettings;
 use redrain_delivery::record::{DeliveryId, Record, State, Store, StoreError};
 
-use crate::storage::{Cf, Op, Storage};
+use crate::storage::{Cf, Op, Storage, Urgency};
 
 /// Deliveries kept in RocksDB: the record under its win id in `deliveries`, and its place in
 /// `outbox` (open: `o\0partner\0id` → when due, u64 LE, so a lane reads its queue back with one
@@ -57,6 +57,21 @@ pub fn record_ops(record: &Record, was: Option<State>) -> Vec<Op> {
 }
 
 impl RocksStore {
+    fn save_as(
+        &self,
+        record: Record,
+        was: State,
+        urgency: Urgency,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        let storage = self.0.clone();
+        Box::pin(async move {
+            storage
+                .commit_as(record_ops(&record, Some(was)), urgency)
+                .await
+                .map_err(|e| StoreError(e.to_string()))
+        })
+    }
+
     /// Every id under `prefix` with its value read as a u64.
     fn ids(&self, prefix: Vec<u8>) -> Result<Vec<(DeliveryId, u64)>, StoreError> {
         let rows = self
@@ -102,13 +117,15 @@ impl Store for RocksStore {
     }
 
     fn save(&self, record: Record, was: State) -> BoxFuture<'static, Result<(), StoreError>> {
-        let storage = self.0.clone();
-        Box::pin(async move {
-            storage
-                .commit(record_ops(&record, Some(was)))
-                .await
-                .map_err(|e| StoreError(e.to_string()))
-        })
+        self.save_as(record, was, Urgency::Now)
+    }
+
+    fn save_answer(
+        &self,
+        record: Record,
+        was: State,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.save_as(record, was, Urgency::Batch)
     }
 
     fn outbox(&self, partner: &str) -> Result<Vec<(DeliveryId, u64)>, StoreError> {

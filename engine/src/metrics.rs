@@ -272,6 +272,12 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// Appends the storage writer's count of group commits.
+pub fn render_storage(out: &mut String, groups: u64) {
+    out.push_str("# HELP redrain_storage_groups_total Group commits written: one ledger write and one fsync each.\n# TYPE redrain_storage_groups_total counter\n");
+    let _ = writeln!(out, "redrain_storage_groups_total {groups}");
+}
+
 /// Appends each partner lane's gauges and counters.
 pub fn render_lanes(out: &mut String, lanes: &[redrain_delivery::lanes::LaneStats]) {
     type Field = fn(&redrain_delivery::lanes::LaneStats) -> u64;

@@ -12,6 +12,7 @@
 //! per geo drop, summed likewise).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread;
 
@@ -91,8 +92,23 @@ pub enum Op {
     Delete(Cf, Vec<u8>),
 }
 
+/// How soon a commit must reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// A client is waiting (a draw, a claim, an operator's change): the writer starts its
+    /// group at once.
+    Now,
+    /// Only a background task is waiting (a delivery lane recording a partner's answer): the
+    /// writer may hold it up to [`BATCH_WAIT`] so that more commits share its fsync.
+    Batch,
+}
+
+/// Longest a group of [`Urgency::Batch`] commits waits for company before it is written.
+pub const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
 struct Job {
     ops: Vec<Op>,
+    urgency: Urgency,
     done: oneshot::Sender<Result<(), StorageError>>,
 }
 
@@ -105,6 +121,8 @@ pub struct Storage {
     /// `None` only while dropping: closing it ends the writer thread.
     writer: Option<mpsc::Sender<Job>>,
     writer_thread: Option<thread::JoinHandle<()>>,
+    /// Groups written: one ledger write and one fsync each.
+    groups: Arc<AtomicU64>,
     /// Counters RocksDB held differently from the ledger at start-up, set to the ledger's.
     pub repairs: Vec<String>,
 }
@@ -218,17 +236,30 @@ impl Storage {
             tracing::warn!(difference = %r, "RocksDB disagreed with the ledger; the ledger's value is restored");
         }
         let (writer, rx) = mpsc::channel(COMMIT_QUEUE);
+        // Only for the writer's waits on the channel (with a deadline); it does its I/O itself.
+        let waiting = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| StorageError(e.to_string()))?;
         let db2 = db.clone();
+        let groups = Arc::new(AtomicU64::new(0));
+        let counted = groups.clone();
         let writer_thread = thread::Builder::new()
             .name("group-commit".into())
-            .spawn(move || group_commit(db2, tail, rx))
+            .spawn(move || group_commit(db2, tail, rx, waiting, &counted))
             .map_err(|e| StorageError(e.to_string()))?;
         Ok(Storage {
             db,
             writer: Some(writer),
             writer_thread: Some(writer_thread),
+            groups,
             repairs,
         })
+    }
+
+    /// Groups written since open: one ledger write and one fsync each.
+    pub fn groups(&self) -> u64 {
+        self.groups.load(Relaxed)
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {
@@ -256,12 +287,17 @@ impl Storage {
     /// Makes `ops` durable as one ledger record (fsynced) and applies them to RocksDB as one
     /// atomic batch; resolves once both are done.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+        self.commit_as(ops, Urgency::Now).await
+    }
+
+    /// [`Storage::commit`], telling the writer how soon it must be on disk.
+    pub async fn commit_as(&self, ops: Vec<Op>, urgency: Urgency) -> Result<(), StorageError> {
         if ops.is_empty() {
             return Ok(());
         }
         let (done, wait) = oneshot::channel();
         self.writer()?
-            .send(Job { ops, done })
+            .send(Job { ops, urgency, done })
             .await
             .map_err(|_| stopped())?;
         wait.await.map_err(|_| stopped())?
@@ -274,7 +310,11 @@ impl Storage {
         }
         let (done, wait) = oneshot::channel();
         self.writer()?
-            .blocking_send(Job { ops, done })
+            .blocking_send(Job {
+                ops,
+                urgency: Urgency::Now,
+                done,
+            })
             .map_err(|_| stopped())?;
         wait.blocking_recv().map_err(|_| stopped())?
     }
@@ -763,18 +803,38 @@ const MAX_REPAIRS_LISTED: usize = 1000;
 /// The writer: each group of batches becomes ledger records with one write and one fsync, then
 /// one RocksDB batch without WAL; only then are the group's draws answered. After a ledger
 /// failure the file position is unknown, so every later batch is refused.
-fn group_commit(db: Arc<DB>, mut ledger: Tail, mut rx: mpsc::Receiver<Job>) {
+fn group_commit(
+    db: Arc<DB>,
+    mut ledger: Tail,
+    mut rx: mpsc::Receiver<Job>,
+    waiting: tokio::runtime::Runtime,
+    groups: &AtomicU64,
+) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(MAX_GROUP);
     let mut buf = Vec::with_capacity(1 << 20);
     let mut broken: Option<StorageError> = None;
-    while let Some(first) = rx.blocking_recv() {
-        jobs.push(first);
-        while jobs.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+    while let Some(first) = waiting.block_on(rx.recv()) {
+        let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+        let mut urgent = false;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            urgent |= job.urgency == Urgency::Now;
+            jobs.push(job);
+            if jobs.len() == MAX_GROUP {
+                break;
             }
+            next = match rx.try_recv() {
+                Ok(job) => Some(job),
+                // A group of background commits waits a little for company, so that one fsync
+                // covers more of them; any commit a client waits on ends the wait.
+                // (The timer is made inside `block_on`, in the runtime's context.)
+                Err(_) if !urgent => waiting
+                    .block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await })
+                    .ok()
+                    .flatten(),
+                Err(_) => None,
+            };
         }
         let result = match &broken {
             Some(e) => Err(e.clone()),
@@ -787,6 +847,7 @@ fn group_commit(db: Arc<DB>, mut ledger: Tail, mut rx: mpsc::Receiver<Job>) {
                 let records = payloads.iter().map(|p| [(BATCH, p.as_slice())]);
                 match ledger.write(records, &mut buf) {
                     Ok(last) => {
+                        groups.fetch_add(1, Relaxed);
                         let applied = last.last().copied().unwrap_or_default();
                         if let Err(e) =
                             write_group(&db, jobs.iter().flat_map(|j| j.ops.iter()), applied)

@@ -298,3 +298,59 @@ fn the_cli_verifies_and_dumps() {
     assert!(text.contains("11 records, last good sequence 10"), "{text}");
     assert!(text.contains("CRC mismatch"), "{text}");
 }
+
+/// Background commits (`Urgency::Batch`) wait at most `BATCH_WAIT` for company, so one alone
+/// still lands; every commit is one counted group when each waits for the last; and what was
+/// committed either way is there after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_commits_land_alone_and_survive_reopen() {
+    use redrain::storage::{Cf, Op, Storage, Urgency};
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Storage::open(&dir.path().join("db"), &dir.path().join("ledger"), 1).unwrap();
+    let key = |i: u32| format!("k{i}").into_bytes();
+    let storage = open();
+    let before = storage.groups();
+    for i in 0..10u32 {
+        let urgency = if i % 2 == 0 {
+            Urgency::Batch
+        } else {
+            Urgency::Now
+        };
+        let op = Op::Put(Cf::Meta, key(i), i.to_le_bytes().to_vec());
+        storage.commit_as(vec![op], urgency).await.unwrap();
+    }
+    assert_eq!(
+        storage.groups() - before,
+        10,
+        "one group per commit awaited in turn"
+    );
+
+    // Many at once: they share groups, and a commit a client waits on is among them.
+    let storage = Arc::new(storage);
+    let tasks: Vec<_> = (10..200u32)
+        .map(|i| {
+            let s = storage.clone();
+            let urgency = if i == 150 {
+                Urgency::Now
+            } else {
+                Urgency::Batch
+            };
+            tokio::spawn(async move {
+                let op = Op::Put(Cf::Meta, key(i), i.to_le_bytes().to_vec());
+                s.commit_as(vec![op], urgency).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let groups = storage.groups() - before - 10;
+    assert!((1..190).contains(&groups), "190 commits in {groups} groups");
+
+    drop(Arc::into_inner(storage).expect("no other owner"));
+    let storage = open();
+    for i in 0..200u32 {
+        let got = storage.get(Cf::Meta, &key(i)).unwrap();
+        assert_eq!(got, Some(i.to_le_bytes().to_vec()), "key {i} after reopen");
+    }
+}
