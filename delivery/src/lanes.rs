@@ -142,6 +142,26 @@ struct Lane {
     latency: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
+impl Lane {
+    /// A new lane for partner `p`, sending to `uri`, holding at most `max_queued` ids in memory.
+    fn new(p: &PartnerSettings, uri: Option<Uri>, max_queued: usize) -> Lane {
+        Lane {
+            settings: ArcSwap::from_pointee(p.clone()),
+            uri: ArcSwap::from_pointee(uri),
+            queue: Mutex::new(LaneQueue::new(max_queued)),
+            throttle: Mutex::new(Throttle::new(p.rate_per_s)),
+            busy: Mutex::new(FxHashSet::default()),
+            in_flight: AtomicU32::new(0),
+            wake: Notify::new(),
+            closing: AtomicBool::new(false),
+            counts: Counts::default(),
+            latency: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2).expect("bounds"),
+            ),
+        }
+    }
+}
+
 /// Every partner's lane, and the shared HTTP client.
 pub struct Deliveries {
     lanes: ArcSwap<HashMap<String, Arc<Lane>>>,
@@ -226,20 +246,7 @@ impl Deliveries {
                 lane.wake.notify_one();
                 continue;
             }
-            let lane = Arc::new(Lane {
-                settings: ArcSwap::from_pointee(p.clone()),
-                uri: ArcSwap::from_pointee(uri),
-                queue: Mutex::new(LaneQueue::new(self.max_queued)),
-                throttle: Mutex::new(Throttle::new(p.rate_per_s)),
-                busy: Mutex::new(FxHashSet::default()),
-                in_flight: AtomicU32::new(0),
-                wake: Notify::new(),
-                closing: AtomicBool::new(false),
-                counts: Counts::default(),
-                latency: Mutex::new(
-                    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2).expect("bounds"),
-                ),
-            });
+            let lane = Arc::new(Lane::new(p, uri, self.max_queued));
             // What the outbox already holds (after a restart) is read in as after an overflow.
             lane.queue.lock().mark_overflowed();
             lanes.insert(p.id.clone(), lane.clone());
@@ -638,15 +645,18 @@ fn take_batch(lane: &Lane, now: u64, max: usize) -> (Vec<DeliveryId>, Option<u64
     let mut queue = lane.queue.lock();
     let mut throttle = lane.throttle.lock();
     let mut busy = lane.busy.lock();
-    while batch.len() < max && queue.next(now) == Next::Due {
-        if let Err(at) = throttle.try_take(now) {
-            return (batch, Some(at));
-        }
-        let Some(id) = queue.pop(now) else { break };
-        // A second copy of an id being sent is dropped: the first one's answer decides.
-        if busy.insert(id) {
+    while batch.len() < max {
+        let Some(id) = queue.peek(now) else { break };
+        // A second copy of an id being sent is dropped without taking room in the throttle:
+        // the first one's answer decides.
+        if !busy.contains(&id) {
+            if let Err(at) = throttle.try_take(now) {
+                return (batch, Some(at));
+            }
+            busy.insert(id);
             batch.push(id);
         }
+        queue.pop(now);
     }
     (batch, None)
 }
@@ -727,6 +737,40 @@ pub fn rfc3339_ms(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_of_a_busy_id_is_dropped_without_taking_throttle_room() {
+        let partner = PartnerSettings {
+            id: "p".into(),
+            url: "http://127.0.0.1:1/deliver".into(),
+            rate_per_s: 10, // one request in each 100 ms slot
+            max_in_flight: 8,
+            timeout_ms: 1000,
+            paused: false,
+            retry_deadline_ms: 60_000,
+            deferred_retry_ms: 1000,
+            secrets: vec![],
+        };
+        let lane = Lane::new(&partner, None, 16);
+        let (sending, waiting) = (DeliveryId([1; 12]), DeliveryId([2; 12]));
+        lane.busy.lock().insert(sending);
+        {
+            let mut queue = lane.queue.lock();
+            queue.push(sending);
+            queue.push(waiting);
+            queue.push(sending);
+        }
+        let early_in_a_slot = 10_000 * quota::limiter::SLOT_MS + 10;
+        let (batch, throttled) = take_batch(&lane, early_in_a_slot, 8);
+        assert_eq!(
+            batch,
+            vec![waiting],
+            "the slot's one request went to the new id"
+        );
+        assert_eq!(throttled, None);
+        assert!(lane.queue.lock().is_empty(), "both copies were dropped");
+        assert!(lane.busy.lock().contains(&waiting));
+    }
 
     #[test]
     fn answers_are_classified() {

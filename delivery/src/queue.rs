@@ -92,6 +92,14 @@ impl LaneQueue {
         }
     }
 
+    /// The id [`pop`](Self::pop) would take at `now_ms`, left in the queue.
+    pub fn peek(&self, now_ms: u64) -> Option<DeliveryId> {
+        match self.later.peek() {
+            Some(Reverse((at, id))) if *at <= now_ms => Some(*id),
+            _ => self.ready.front().copied(),
+        }
+    }
+
     /// Takes the next due id: retries that came due first (they are older), then the ready ones.
     pub fn pop(&mut self, now_ms: u64) -> Option<DeliveryId> {
         match self.later.peek() {
@@ -145,6 +153,21 @@ mod tests {
         assert_eq!(q.next(499), Next::Later(500));
         assert_eq!(q.pop(600), Some(id(2)));
         assert_eq!(q.next(600), Next::Empty);
+    }
+
+    #[test]
+    fn peek_names_what_pop_takes() {
+        let mut q = LaneQueue::new(10);
+        q.push(id(1));
+        q.push(id(2));
+        q.push_at(100, id(3));
+        q.push_at(300, id(4));
+        for now in [50, 50, 150, 150, 400, 400] {
+            let peeked = q.peek(now);
+            assert_eq!(peeked.is_some(), q.next(now) == Next::Due);
+            assert_eq!(q.pop(now), peeked, "at {now}");
+        }
+        assert_eq!(q.peek(1000), None);
     }
 
     #[test]
