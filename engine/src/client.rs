@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 
@@ -20,6 +21,8 @@ pub const MAX_RESPONSE: usize = 8 << 20;
 #[derive(Debug)]
 pub struct Conn {
     addr: SocketAddr,
+    /// The `host` header, made once.
+    host: HeaderValue,
     sender: SendRequest<Full<Bytes>>,
 }
 
@@ -54,7 +57,8 @@ impl Conn {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Self { addr, sender })
+        let host = HeaderValue::from_str(&addr.to_string()).expect("an address is a valid header");
+        Ok(Self { addr, host, sender })
     }
 
     /// Sends one request and reads the whole response.
@@ -71,7 +75,7 @@ impl Conn {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", self.addr.to_string());
+            .header(header::HOST, self.host.clone());
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -83,16 +87,15 @@ impl Conn {
             .send_request(req)
             .await
             .map_err(|e| ClientError(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE)
+        let (head, body) = resp.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_RESPONSE)
             .collect()
             .await
             .map_err(|e| ClientError(e.to_string()))?
             .to_bytes();
         Ok(Reply {
-            status,
-            headers,
+            status: head.status.as_u16(),
+            headers: head.headers,
             body,
         })
     }
@@ -102,11 +105,11 @@ impl Conn {
         self.send(Method::GET, path, &[], Bytes::new()).await
     }
 
-    /// POST a JSON value to `path`.
+    /// POST a value as JSON to `path`.
     pub async fn post_json(
         &mut self,
         path: &str,
-        value: &serde_json::Value,
+        value: &impl serde::Serialize,
     ) -> Result<Reply, ClientError> {
         let body = serde_json::to_vec(value).map_err(|e| ClientError(e.to_string()))?;
         self.send(

@@ -7,7 +7,9 @@
 //! per prize issued ≤ quota, wins in any 100 ms slot ≤ that slot's share, no user over a cap,
 //! and (for a sample of users) every win received is listed for its user.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -17,10 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use hdrhistogram::Histogram;
 use quota::limiter::{slot_of, slot_share};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::client::Conn;
-use crate::service::DrawResponse;
 
 /// Arguments of `redrain load`.
 #[derive(Debug, Clone, clap::Args)]
@@ -67,6 +69,33 @@ pub struct LoadArgs {
     /// Print the report as JSON too.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A draw request, written straight from borrowed parts.
+#[derive(Serialize)]
+struct DrawBody<'a> {
+    user: &'a str,
+    request_id: &'a str,
+    shakes: u32,
+}
+
+/// What the load tool keeps of a draw's answer (a `DrawResponse`), borrowed from the body.
+#[derive(Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow)]
+    outcome: Cow<'a, str>,
+    occurrence: Option<u64>,
+    #[serde(borrow)]
+    wins: Vec<AnswerWin<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AnswerWin<'a> {
+    #[serde(borrow)]
+    prize: Cow<'a, str>,
+    #[serde(borrow)]
+    win_id: Cow<'a, str>,
+    at_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -287,7 +316,10 @@ async fn phase(
         let (stop, sent, next_user) = (stop.clone(), sent.clone(), next_user.clone());
         let (args, round, prefix) = (args.clone(), round.to_string(), prefix.to_string());
         tasks.push(tokio::spawn(async move {
-            let mut out = PhaseResult { latency: Some(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")), ..Default::default() };
+            let mut out = PhaseResult {
+                latency: Some(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")),
+                ..Default::default()
+            };
             let mut conn = match Conn::connect(addr).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -300,8 +332,10 @@ async fn phase(
             // Senders are spread over one interval, so a fixed rate arrives evenly rather than
             // in bursts of one request per connection.
             let mut scheduled = Instant::now()
-                + per_conn_interval.map_or(Duration::ZERO, |iv| iv * c as u32 / args.connections as u32);
+                + per_conn_interval
+                    .map_or(Duration::ZERO, |iv| iv * c as u32 / args.connections as u32);
             let mut n = 0u64;
+            let (mut user, mut request_id) = (String::new(), String::new());
             while !stop.load(Relaxed) {
                 if args.requests > 0 && sent.fetch_add(1, Relaxed) >= args.requests {
                     break;
@@ -323,16 +357,26 @@ async fn phase(
                     }
                 }
                 let t0 = if behind { scheduled } else { Instant::now() };
-                let mut user = String::new();
                 let reply = match kind {
                     Phase::Healthz => conn.get("/healthz").await,
                     Phase::Draw => {
                         rng_state ^= rng_state << 13;
                         rng_state ^= rng_state >> 7;
                         rng_state ^= rng_state << 17;
-                        let u = if args.distinct_users { next_user.fetch_add(1, Relaxed) } else { rng_state % args.users.max(1) };
-                        user = format!("{prefix}-{u}");
-                        let body = json!({"user": user, "request_id": format!("{prefix}-{c}-{n}"), "shakes": args.shakes});
+                        let u = if args.distinct_users {
+                            next_user.fetch_add(1, Relaxed)
+                        } else {
+                            rng_state % args.users.max(1)
+                        };
+                        user.clear();
+                        request_id.clear();
+                        let _ = write!(user, "{prefix}-{u}");
+                        let _ = write!(request_id, "{prefix}-{c}-{n}");
+                        let body = DrawBody {
+                            user: &user,
+                            request_id: &request_id,
+                            shakes: args.shakes,
+                        };
                         conn.post_json(&path, &body).await
                     }
                 };
@@ -346,10 +390,21 @@ async fn phase(
                         out.ok += 1;
                         let _ = out.latency.as_mut().map(|h| h.record(us.max(1)));
                         if kind == Phase::Draw {
-                            if let Ok(d) = serde_json::from_slice::<DrawResponse>(&r.body) {
-                                *out.outcomes.entry(d.outcome.clone()).or_default() += 1;
+                            if let Ok(d) = serde_json::from_slice::<Answer>(&r.body) {
+                                match out.outcomes.get_mut(d.outcome.as_ref()) {
+                                    Some(count) => *count += 1,
+                                    None => {
+                                        out.outcomes.insert(d.outcome.into_owned(), 1);
+                                    }
+                                }
                                 for w in d.wins {
-                                    out.wins.push(Won { user: user.clone(), prize: w.prize, occurrence: d.occurrence.unwrap_or(0), at_ms: w.at_ms, win_id: w.win_id });
+                                    out.wins.push(Won {
+                                        user: user.clone(),
+                                        prize: w.prize.into_owned(),
+                                        occurrence: d.occurrence.unwrap_or(0),
+                                        at_ms: w.at_ms,
+                                        win_id: w.win_id.into_owned(),
+                                    });
                                 }
                             }
                         }

@@ -236,18 +236,29 @@ impl Storage {
             tracing::warn!(difference = %r, "RocksDB disagreed with the ledger; the ledger's value is restored");
         }
         let (writer, rx) = mpsc::channel(COMMIT_QUEUE);
-        // Only for the writer's waits on the channel (with a deadline); it does its I/O itself.
-        let waiting = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(|e| StorageError(e.to_string()))?;
         let db2 = db.clone();
         let groups = Arc::new(AtomicU64::new(0));
         let counted = groups.clone();
+        // The writer builds its runtime (only for its waits on the channel, with a deadline; it
+        // does its I/O itself) on its own thread, so no runtime is ever dropped on the caller's,
+        // which may be async; it reports whether that worked before `open` returns.
+        let (started, start) = std::sync::mpsc::sync_channel(1);
         let writer_thread = thread::Builder::new()
             .name("group-commit".into())
-            .spawn(move || group_commit(db2, tail, rx, waiting, &counted))
+            .spawn(move || {
+                let waiting = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build();
+                let _ = started.send(waiting.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                if let Ok(waiting) = waiting {
+                    group_commit(db2, tail, rx, waiting, &counted);
+                }
+            })
             .map_err(|e| StorageError(e.to_string()))?;
+        start
+            .recv()
+            .map_err(|_| StorageError("the group-commit thread ended at start".into()))?
+            .map_err(|e| StorageError(format!("the group-commit thread's runtime: {e}")))?;
         Ok(Storage {
             db,
             writer: Some(writer),
