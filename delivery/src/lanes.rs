@@ -143,11 +143,11 @@ struct Lane {
 }
 
 impl Lane {
-    /// A new lane for partner `p`, sending to `uri`, holding at most `max_queued` ids in memory.
-    fn new(p: &PartnerSettings, uri: Option<Uri>, max_queued: usize) -> Lane {
+    /// A new lane for partner `p`, holding at most `max_queued` ids in memory.
+    fn new(p: &PartnerSettings, max_queued: usize) -> Lane {
         Lane {
             settings: ArcSwap::from_pointee(p.clone()),
-            uri: ArcSwap::from_pointee(uri),
+            uri: ArcSwap::from_pointee(p.url.parse().ok()),
             queue: Mutex::new(LaneQueue::new(max_queued)),
             throttle: Mutex::new(Throttle::new(p.rate_per_s)),
             busy: Mutex::new(FxHashSet::default()),
@@ -159,6 +159,14 @@ impl Lane {
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2).expect("bounds"),
             ),
         }
+    }
+
+    /// Takes its partner's new settings: the rate from the next slot, the rest at once.
+    fn reconfigure(&self, p: &PartnerSettings) {
+        self.throttle.lock().set_rate(p.rate_per_s);
+        self.uri.store(Arc::new(p.url.parse().ok()));
+        self.settings.store(Arc::new(p.clone()));
+        self.wake.notify_one();
     }
 }
 
@@ -238,15 +246,11 @@ impl Deliveries {
         let _one = self.configuring.lock();
         let mut lanes = HashMap::clone(&self.lanes.load());
         for p in partners {
-            let uri = p.url.parse::<Uri>().ok();
             if let Some(lane) = lanes.get(&p.id) {
-                lane.throttle.lock().set_rate(p.rate_per_s);
-                lane.uri.store(Arc::new(uri));
-                lane.settings.store(Arc::new(p.clone()));
-                lane.wake.notify_one();
+                lane.reconfigure(p);
                 continue;
             }
-            let lane = Arc::new(Lane::new(p, uri, self.max_queued));
+            let lane = Arc::new(Lane::new(p, self.max_queued));
             // What the outbox already holds (after a restart) is read in as after an overflow.
             lane.queue.lock().mark_overflowed();
             lanes.insert(p.id.clone(), lane.clone());
@@ -751,7 +755,7 @@ mod tests {
             deferred_retry_ms: 1000,
             secrets: vec![],
         };
-        let lane = Lane::new(&partner, None, 16);
+        let lane = Lane::new(&partner, 16);
         let (sending, waiting) = (DeliveryId([1; 12]), DeliveryId([2; 12]));
         lane.busy.lock().insert(sending);
         {

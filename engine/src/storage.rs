@@ -246,12 +246,17 @@ impl Storage {
         let writer_thread = thread::Builder::new()
             .name("group-commit".into())
             .spawn(move || {
-                let waiting = tokio::runtime::Builder::new_current_thread()
+                match tokio::runtime::Builder::new_current_thread()
                     .enable_time()
-                    .build();
-                let _ = started.send(waiting.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                if let Ok(waiting) = waiting {
-                    group_commit(db2, tail, rx, waiting, &counted);
+                    .build()
+                {
+                    Ok(waiting) => {
+                        let _ = started.send(Ok(()));
+                        group_commit(db2, tail, rx, waiting, &counted);
+                    }
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                    }
                 }
             })
             .map_err(|e| StorageError(e.to_string()))?;
