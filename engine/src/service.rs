@@ -74,6 +74,8 @@ struct Commit<'a> {
     /// Where the answer is stored for retries; also salts the win ids.
     request_key: Vec<u8>,
     loaded: UserStanding,
+    /// `loaded` came from the standing cache (which then holds it).
+    cached: bool,
     now_ms: u64,
     /// The claimed drop's counter key.
     drop_key: Option<Vec<u8>>,
@@ -274,7 +276,7 @@ impl DrawService {
             Locked::Guard(guard) => guard,
             Locked::Replay(stored) => return Ok(stored),
         };
-        let loaded = self.standing(round, campaign, &req.user)?;
+        let (loaded, cached) = self.standing(round, campaign, &req.user)?;
         let now_ms = self.clock.now_ms();
         let mut rng = SmallRng::seed_from_u64(
             self.seed
@@ -329,6 +331,7 @@ impl DrawService {
             request_id: &req.request_id,
             request_key: key,
             loaded,
+            cached,
             now_ms,
             drop_key: None,
         };
@@ -357,19 +360,20 @@ impl DrawService {
         })
     }
 
-    /// The user's standing in `round` and `campaign`, from the cache or storage.
+    /// The user's standing in `round` and `campaign`, from the cache (`true`) or storage.
     fn standing(
         &self,
         round: &Round,
         campaign: &Campaign,
         user: &str,
-    ) -> Result<UserStanding, ApiError> {
+    ) -> Result<(UserStanding, bool), ApiError> {
         let (round_key, campaign_key) = (round.id.as_str(), campaign.id.as_str());
         match self.standings.get(round_key, campaign_key, user) {
-            Some(s) => Ok(s),
+            Some(s) => Ok((s, true)),
             None => self
                 .storage
                 .standing(round_key, campaign_key, user)
+                .map(|s| (s, false))
                 .map_err(ApiError::unavailable),
         }
     }
@@ -464,8 +468,11 @@ impl DrawService {
             self.metrics.storage_errors.fetch_add(1, Relaxed);
             return Err(ApiError::unavailable(e));
         }
-        self.standings
-            .put(round.id.as_str(), campaign.id.as_str(), c.user, &standing);
+        // A returning user's no-win draw leaves the cached standing as it was: no insert.
+        if !(c.cached && standing == c.loaded) {
+            self.standings
+                .put(round.id.as_str(), campaign.id.as_str(), c.user, &standing);
+        }
         counted.fetch_add(1, Relaxed);
         for (w, view) in plan.wins.iter().zip(&response.wins) {
             let prize = &round.prizes[w.prize];
@@ -543,7 +550,7 @@ impl DrawService {
                 ),
             ));
         }
-        let loaded = self.standing(round, campaign, &req.user)?;
+        let (loaded, cached) = self.standing(round, campaign, &req.user)?;
         let claims = &entry.live.claims;
         claims.take(drop, task.per_drop).map_err(|e| match e {
             TakeError::Exhausted => ApiError::new(
@@ -579,6 +586,7 @@ impl DrawService {
             request_id: &req.request_id,
             request_key,
             loaded,
+            cached,
             now_ms,
             drop_key: Some(drop_key(round.id.as_str(), drop)),
         };
