@@ -48,7 +48,8 @@ pub struct LoadArgs {
     /// Give every request a new user (distinct users, e.g. for memory per user).
     #[arg(long)]
     pub distinct_users: bool,
-    /// Prefix of user ids (default: a random one per run).
+    /// Prefix of user ids (default: a random one per run). Pass the same prefix again to draw
+    /// as returning users; request ids are new in every run either way.
     #[arg(long)]
     pub user_prefix: Option<String>,
     /// Stop after this many requests in total (0 = only the duration limits the run).
@@ -205,14 +206,20 @@ pub async fn report(args: &LoadArgs) -> anyhow::Result<Value> {
         .user_prefix
         .clone()
         .unwrap_or_else(|| format!("load{:x}", rand::random::<u32>()));
+    // Request ids are this run's own even when the users are not, so a rerun with the same
+    // prefix draws anew instead of replaying the answers of the run before.
+    let ids = Ids {
+        users: prefix,
+        requests: format!("{:x}", rand::random::<u64>()),
+    };
 
-    let rss_before = resident(&mut conn).await;
+    let before = engine_metrics(&mut conn).await;
     let healthz = if args.compare_healthz {
-        Some(phase(args, addr, Phase::Healthz, &round, &prefix).await?)
+        Some(phase(args, addr, Phase::Healthz, &round, &ids).await?)
     } else {
         None
     };
-    let draws = phase(args, addr, Phase::Draw, &round, &prefix).await?;
+    let draws = phase(args, addr, Phase::Draw, &round, &ids).await?;
 
     let mut report = json!({
         "round": round,
@@ -237,7 +244,16 @@ pub async fn report(args: &LoadArgs) -> anyhow::Result<Value> {
         report["ratio"] = ratio.into();
     }
 
-    if let (Some(before), Some(after)) = (rss_before, resident(&mut conn).await) {
+    let after = engine_metrics(&mut conn).await;
+    let value = |text: &Option<String>, name| text.as_deref().and_then(|t| metric(t, name));
+    let replays = |text| value(text, "redrain_draw_replays_total");
+    if let (Some(b), Some(a)) = (replays(&before), replays(&after)) {
+        // The tool never repeats a request id, so this is other clients' retries (or a bug).
+        println!("answers replayed from idempotency records: {}", a - b);
+        report["replayed"] = (a - b).into();
+    }
+    let resident = |text| value(text, "process_resident_memory_bytes");
+    if let (Some(before), Some(after)) = (resident(&before), resident(&after)) {
         println!(
             "engine resident memory: {:.1} MiB before, {:.1} MiB after",
             before as f64 / 1048576.0,
@@ -267,12 +283,24 @@ pub async fn report(args: &LoadArgs) -> anyhow::Result<Value> {
     Ok(report)
 }
 
-async fn resident(conn: &mut Conn) -> Option<u64> {
-    let text = conn.get("/metrics").await.ok()?.body;
-    let text = std::str::from_utf8(&text).ok()?;
+/// The engine's `/metrics` text, if it serves one.
+async fn engine_metrics(conn: &mut Conn) -> Option<String> {
+    String::from_utf8(conn.get("/metrics").await.ok()?.body.to_vec()).ok()
+}
+
+/// An unlabelled integer metric from Prometheus text.
+fn metric(text: &str, name: &str) -> Option<u64> {
     text.lines()
-        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Where a run's user ids and request ids come from.
+struct Ids {
+    /// `PREFIX` of the users `PREFIX-N`.
+    users: String,
+    /// Prefix of this run's request ids, `RUN-CONNECTION-N`.
+    requests: String,
 }
 
 fn line(p: &PhaseResult) -> String {
@@ -303,7 +331,7 @@ async fn phase(
     addr: SocketAddr,
     kind: Phase,
     round: &str,
-    prefix: &str,
+    ids: &Ids,
 ) -> anyhow::Result<PhaseResult> {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -314,7 +342,8 @@ async fn phase(
     let mut tasks = Vec::with_capacity(args.connections);
     for c in 0..args.connections {
         let (stop, sent, next_user) = (stop.clone(), sent.clone(), next_user.clone());
-        let (args, round, prefix) = (args.clone(), round.to_string(), prefix.to_string());
+        let (args, round) = (args.clone(), round.to_string());
+        let (prefix, run) = (ids.users.clone(), ids.requests.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = PhaseResult {
                 latency: Some(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")),
@@ -371,7 +400,7 @@ async fn phase(
                         user.clear();
                         request_id.clear();
                         let _ = write!(user, "{prefix}-{u}");
-                        let _ = write!(request_id, "{prefix}-{c}-{n}");
+                        let _ = write!(request_id, "{run}-{c}-{n}");
                         let body = DrawBody {
                             user: &user,
                             request_id: &request_id,

@@ -143,3 +143,25 @@ async fn every_check_fails_against_an_engine_that_lies() {
     }
     let _ = stop.send(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_with_the_same_users_draws_anew_rather_than_replaying() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = campaign("spring", "")
+        + PARTNERS
+        + &live_round("r1", "spring", 1_000, 1)
+        + &cash_prize("cash", 88, 1_000_000, 100_000, 1);
+    let server = Server::with_config(dir.path(), &config, t0()).await;
+    let mut a = args(format!("http://{}", server.addr), 0);
+    a.compare_healthz = false;
+    a.duration = Duration::from_millis(800);
+    a.user_prefix = Some("back".into());
+    for run in 0..2 {
+        let report = load::report(&a).await.unwrap();
+        assert!(load::passed(&report), "{report}");
+        assert!(report["draws"]["ok"].as_u64().unwrap() > 100, "{report}");
+        // Run 1 draws as the same users as run 0, with request ids of its own.
+        assert_eq!(report["replayed"], json!(0), "run {run}: {report}");
+    }
+    server.stop().await;
+}
