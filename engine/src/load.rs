@@ -245,14 +245,14 @@ pub async fn report(args: &LoadArgs) -> anyhow::Result<Value> {
     }
 
     let after = engine_metrics(&mut conn).await;
-    let value = |text: &Option<String>, name| text.as_deref().and_then(|t| metric(t, name));
-    let replays = |text| value(text, "redrain_draw_replays_total");
+    let value = |m: &Option<HashMap<String, f64>>, name| m.as_ref()?.get(name).map(|v| *v as u64);
+    let replays = |m| value(m, "redrain_draw_replays_total");
     if let (Some(b), Some(a)) = (replays(&before), replays(&after)) {
         // The tool never repeats a request id, so this is other clients' retries (or a bug).
         println!("answers replayed from idempotency records: {}", a - b);
         report["replayed"] = (a - b).into();
     }
-    let resident = |text| value(text, "process_resident_memory_bytes");
+    let resident = |m| value(m, "process_resident_memory_bytes");
     if let (Some(before), Some(after)) = (resident(&before), resident(&after)) {
         println!(
             "engine resident memory: {:.1} MiB before, {:.1} MiB after",
@@ -283,16 +283,12 @@ pub async fn report(args: &LoadArgs) -> anyhow::Result<Value> {
     Ok(report)
 }
 
-/// The engine's `/metrics` text, if it serves one.
-async fn engine_metrics(conn: &mut Conn) -> Option<String> {
-    String::from_utf8(conn.get("/metrics").await.ok()?.body.to_vec()).ok()
-}
-
-/// An unlabelled integer metric from Prometheus text.
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
+/// The engine's `/metrics` samples, if it serves them.
+async fn engine_metrics(conn: &mut Conn) -> Option<HashMap<String, f64>> {
+    let reply = conn.get("/metrics").await.ok()?;
+    Some(crate::metrics::parse(
+        std::str::from_utf8(&reply.body).ok()?,
+    ))
 }
 
 /// Where a run's user ids and request ids come from.

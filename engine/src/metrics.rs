@@ -264,6 +264,18 @@ impl Metrics {
     }
 }
 
+/// Prometheus text read back: every sample's value by series (name with labels). For the load
+/// tool and the tests, which read the engine's `/metrics`.
+pub fn parse(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Resident memory of this process, from `/proc/self/statm` (Linux).
 pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

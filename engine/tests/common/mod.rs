@@ -439,14 +439,7 @@ pub async fn wins_of(c: &mut Conn, user: &str) -> Vec<Value> {
 pub async fn metrics(c: &mut Conn) -> HashMap<String, f64> {
     let r = c.get("/metrics").await.unwrap();
     assert_eq!(r.status, 200);
-    let text = String::from_utf8(r.body.to_vec()).unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
+    redrain::metrics::parse(std::str::from_utf8(&r.body).unwrap())
 }
 
 /// One series of a metrics map (0 when absent).
