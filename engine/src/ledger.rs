@@ -1,9 +1,10 @@
 //! The append-only ledger's writer: one group-commit thread appends records to segment files
-//! (format in the `redrain-ledger` crate), rolls and seals them by size, and on start-up cuts a
-//! torn or corrupt tail of the open segment; nothing after damage is ever read as data.
+//! (format in the `redrain-ledger` crate), keeping zeros written ahead of them so that a
+//! group's fsync does not also grow the file, rolls and seals them by size, and on start-up
+//! cuts a torn or corrupt tail of the open segment; nothing after damage is ever read as data.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
@@ -17,6 +18,10 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 pub const APPEND_QUEUE: usize = 16_384;
 /// Most appends folded into one write and fsync.
 pub const MAX_GROUP: usize = 4096;
+/// Zero bytes kept written ahead of the records (up to the segment's size), topped up when
+/// less than half is left. A group that lands in space already written costs its `fdatasync`
+/// one device write; one that grows the file costs a second, for the inode's new size.
+pub const ZERO_AHEAD: u64 = 1 << 20;
 
 /// A ledger failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -141,12 +146,16 @@ struct Append {
 }
 
 /// The segment being written, and where the writer stands in it: the ledger's writer for a
-/// caller that runs its own group-commit loop (the engine's storage thread).
+/// caller that runs its own group-commit loop (the engine's storage thread). Dropping it trims
+/// the zeros written ahead, so a cleanly closed segment ends at its last record.
 #[derive(Debug)]
 pub struct Tail {
     file: File,
     header: Header,
+    /// End of the last record.
     len: u64,
+    /// End of the file: `len..written` holds zeros written ahead.
+    written: u64,
     records: u64,
     next_seq: u64,
     config: LedgerConfig,
@@ -211,8 +220,9 @@ impl Tail {
             file.sync_all()?;
             recovery.cut = Some((path.clone(), offset, why));
         }
-        let file = OpenOptions::new().append(true).open(&path)?;
+        let file = OpenOptions::new().write(true).open(&path)?;
         let open = Tail {
+            written: file.metadata()?.len(),
             file,
             header: scan.header,
             len: scan.good_len,
@@ -230,17 +240,18 @@ impl Tail {
             first_seq,
         };
         let path = segment_path(&config.dir, segment);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create_new(true)
-            .append(true)
+            .write(true)
             .open(&path)?;
-        file.write_all(&header.encode())?;
+        file.write_all_at(&header.encode(), 0)?;
         file.sync_all()?;
         sync_dir(&config.dir)?;
         Ok(Tail {
             file,
             header,
             len: HEADER_LEN as u64,
+            written: HEADER_LEN as u64,
             records: 0,
             next_seq: first_seq,
             config,
@@ -252,7 +263,9 @@ impl Tail {
         let mut seal = Vec::with_capacity(FRAME_LEN + 16);
         let last = self.next_seq - 1; // a segment rolls only once it holds a record
         encode_record(last, SEAL, &seal_payload(last, self.records), &mut seal);
-        self.file.write_all(&seal)?;
+        self.put(&seal)?;
+        self.file.set_len(self.len)?;
+        self.written = self.len;
         self.file.sync_all()?;
         let next = Tail::create(self.config.clone(), self.header.segment + 1, self.next_seq)?;
         *self = next;
@@ -260,8 +273,8 @@ impl Tail {
     }
 
     /// Writes every append of `group` (each a list of (kind, payload) records) with one
-    /// `write` and, if configured, one `fdatasync`, rolling between appends when the segment is
-    /// full; returns each append's last sequence number.
+    /// `write` (and now and then the zeros ahead) and, if configured, one `fdatasync`, rolling
+    /// between appends when the segment is full; returns each append's last sequence number.
     pub fn write<'a, R>(
         &mut self,
         group: impl IntoIterator<Item = R>,
@@ -274,8 +287,7 @@ impl Tail {
         buf.clear();
         for records in group {
             if self.len + buf.len() as u64 >= self.config.segment_bytes && self.records > 0 {
-                self.file.write_all(buf)?;
-                self.len += buf.len() as u64;
+                self.put(buf)?;
                 buf.clear();
                 self.roll()?;
             }
@@ -286,12 +298,48 @@ impl Tail {
             }
             last.push(self.next_seq - 1);
         }
-        self.file.write_all(buf)?;
-        self.len += buf.len() as u64;
+        self.put(buf)?;
+        self.zero_ahead()?;
         if self.config.sync {
             self.file.sync_data()?;
         }
         Ok(last)
+    }
+
+    /// Writes `bytes` after the last record.
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(bytes, self.len)?;
+        self.len += bytes.len() as u64;
+        self.written = self.written.max(self.len);
+        Ok(())
+    }
+
+    /// Tops the zeros ahead of the records up to [`ZERO_AHEAD`] (not past the segment's size)
+    /// once less than half of that is left.
+    fn zero_ahead(&mut self) -> std::io::Result<()> {
+        static CHUNK: [u8; 64 << 10] = [0; 64 << 10];
+        if self.written >= self.len + ZERO_AHEAD / 2 {
+            return Ok(());
+        }
+        let end = (self.len + ZERO_AHEAD).min(self.config.segment_bytes);
+        while self.written < end {
+            let n = (end - self.written).min(CHUNK.len() as u64) as usize;
+            self.file.write_all_at(&CHUNK[..n], self.written)?;
+            self.written += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tail {
+    /// Trims the zeros written ahead (best effort: a segment that keeps them reads the same).
+    fn drop(&mut self) {
+        if self.written > self.len {
+            let _ = self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_all());
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The ledger format and writer: records round-trip; truncation at every byte offset and
 //! random byte flips are detected by `verify` and cut by recovery, and nothing after damage is
-//! read as data; concurrent appends get unique, gapless sequence numbers; segments roll and
+//! read as data; zeros written ahead of the records end a segment cleanly, and are trimmed on a
+//! clean close; concurrent appends get unique, gapless sequence numbers; segments roll and
 //! seal.
 
 use std::path::Path;
@@ -130,6 +131,102 @@ fn recovery_cuts_a_torn_tail_at_every_offset() {
         assert_eq!(read[whole], (whole as u64, 2, b"after".to_vec()));
         assert_eq!(read.len(), whole + 1);
     }
+}
+
+#[test]
+fn zeros_written_ahead_end_a_segment_cleanly_and_a_clean_close_trims_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let records_end = HEADER_LEN as u64 + 5 * (FRAME_LEN + payload(0).len()) as u64;
+    let (ledger, _) = Ledger::open(config(dir.path(), 1 << 20)).unwrap();
+    for i in 0..5 {
+        ledger.append_blocking(vec![(1, payload(i))]).unwrap();
+    }
+    let path = segments(dir.path()).unwrap()[0].1.clone();
+    let open_len = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        open_len > records_end,
+        "zeros are written ahead: {open_len} bytes"
+    );
+    let (read, damage) = read_all(dir.path());
+    assert_eq!(
+        (read.len(), damage),
+        (5, None),
+        "the open segment reads clean"
+    );
+    drop(ledger);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), records_end);
+}
+
+#[test]
+fn zeros_after_the_last_record_are_a_clean_end_and_anything_else_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 1 << 20, 5);
+    let path = segments(dir.path()).unwrap()[0].1.clone();
+    let original = std::fs::read(&path).unwrap();
+    let (all, _) = read_all(dir.path());
+    let with_zeros = |mut bytes: Vec<u8>| {
+        bytes.resize(bytes.len() + 3000, 0);
+        bytes
+    };
+
+    // As if the process died with zeros written ahead: nothing is cut, writing goes on after
+    // the last record and a clean close trims what is left.
+    std::fs::write(&path, with_zeros(original.clone())).unwrap();
+    assert_eq!(read_all(dir.path()), (all.clone(), None));
+    let (ledger, recovery) = Ledger::open(config(dir.path(), 1 << 20)).unwrap();
+    assert_eq!((recovery.next_seq, recovery.cut), (5, None));
+    assert_eq!(
+        ledger
+            .append_blocking(vec![(2, b"after".to_vec())])
+            .unwrap(),
+        5
+    );
+    drop(ledger);
+    let (read, damage) = read_all(dir.path());
+    assert_eq!((read.len(), damage, &read[..5]), (6, None, &all[..]));
+    assert_eq!(read[5], (5, 2, b"after".to_vec()));
+
+    // A torn record before the zeros is damage, cut at the record's start.
+    let record_len = FRAME_LEN + payload(0).len();
+    for cut in [1, FRAME_LEN, record_len - 1] {
+        let torn = original[..original.len() - record_len + cut].to_vec();
+        std::fs::write(&path, with_zeros(torn)).unwrap();
+        let (read, damage) = read_all(dir.path());
+        assert_eq!(read, all[..4], "cut {cut}");
+        assert_eq!(damage.unwrap().0, (original.len() - record_len) as u64);
+        let (_, recovery) = Ledger::open(config(dir.path(), 1 << 20)).unwrap();
+        assert_eq!(recovery.next_seq, 4, "cut {cut}");
+        assert!(recovery.cut.is_some(), "cut {cut}");
+    }
+
+    // One non-zero byte anywhere in the zeros is damage where the records end.
+    for at in [0, 1, 1000, 2999] {
+        let mut bytes = with_zeros(original.clone());
+        bytes[original.len() + at] = 0x40;
+        std::fs::write(&path, bytes).unwrap();
+        let (read, damage) = read_all(dir.path());
+        assert_eq!(read, all, "flip at {at}");
+        assert_eq!(damage.unwrap().0, original.len() as u64, "flip at {at}");
+    }
+}
+
+#[test]
+fn a_sealed_segment_may_keep_zeros_after_its_seal_but_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let record_len = (FRAME_LEN + payload(0).len()) as u64;
+    write(dir.path(), HEADER_LEN as u64 + 5 * record_len, 6);
+    let sealed = segments(dir.path()).unwrap()[0].1.clone();
+    let mut bytes = std::fs::read(&sealed).unwrap();
+    let seal_end = bytes.len();
+    // As if the machine died after the seal was written but before the zeros were trimmed.
+    bytes.resize(seal_end + 500, 0);
+    std::fs::write(&sealed, &bytes).unwrap();
+    let (read, damage) = read_all(dir.path());
+    assert_eq!((read.len(), damage), (6, None));
+    bytes[seal_end + 499] = 1;
+    std::fs::write(&sealed, &bytes).unwrap();
+    let (_, damage) = read_all(dir.path());
+    assert_eq!(damage.unwrap().0, seal_end as u64);
 }
 
 #[test]

@@ -17,6 +17,11 @@
 //! that repeats the last data record's number and whose payload is that number and the count
 //! of data records in the segment; a segment without a seal is the open one.
 //!
+//! The writer fills the space ahead of its records with zero bytes before it needs it, so that
+//! an fsync of a group rewrites file data only (appending would change the file's size too);
+//! zero bytes to the end of the file after the last record, or after the seal, end a segment
+//! cleanly. Any other bytes there are damage.
+//!
 //! [`scan_segment`] reads a segment up to its first torn or corrupt record and says where that
 //! is; nothing after it is ever returned as data.
 
@@ -167,7 +172,7 @@ pub struct Scan {
     pub records: u64,
     /// Sequence number of the last good record (data or seal), if any.
     pub last_seq: Option<u64>,
-    /// Bytes up to the end of the last good record.
+    /// Bytes up to the end of the last good record (zeros written ahead may follow).
     pub good_len: u64,
     /// Whether a valid seal ended the segment.
     pub sealed: bool,
@@ -178,7 +183,7 @@ pub struct Scan {
 /// Reads a whole segment, calling `each` for every intact data record up to the first damage.
 ///
 /// A seal must be the last record and agree with what precedes it; sequence numbers must rise
-/// by one from the header's `first_seq`.
+/// by one from the header's `first_seq`; only zero bytes may follow the last record.
 pub fn scan_segment(bytes: &[u8], mut each: impl FnMut(Record<'_>)) -> Result<Scan, String> {
     let header = Header::decode(bytes)?;
     let mut scan = Scan {
@@ -192,12 +197,17 @@ pub fn scan_segment(bytes: &[u8], mut each: impl FnMut(Record<'_>)) -> Result<Sc
     let mut at = HEADER_LEN;
     while at < bytes.len() {
         let damage = |why: String| Some((at as u64, why));
+        let rest = &bytes[at..];
         if scan.sealed {
-            scan.damage = damage("data after the seal".into());
+            if !zeros(rest) {
+                scan.damage = damage("data after the seal".into());
+            }
             break;
         }
-        let (record, len) = match decode_record(&bytes[at..]) {
+        let (record, len) = match decode_record(rest) {
             Decoded::Record(r, len) => (r, len),
+            // Space the writer zeroed ahead of its records: the clean end.
+            _ if zeros(rest) => break,
             Decoded::Torn => {
                 scan.damage = damage(format!("torn record ({} bytes left)", bytes.len() - at));
                 break;
@@ -237,6 +247,11 @@ pub fn scan_segment(bytes: &[u8], mut each: impl FnMut(Record<'_>)) -> Result<Sc
     Ok(scan)
 }
 
+/// Whether every byte is zero: space written ahead, not yet used.
+fn zeros(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
 /// What the fuzz target and its corpus test run on arbitrary bytes: the decoder and the segment
 /// scan must never panic, never read past the input, and must stop at the first damage.
 pub fn check_decoder(bytes: &[u8]) {
@@ -266,7 +281,10 @@ pub fn check_decoder(bytes: &[u8]) {
         if let Some((offset, _)) = scan.damage {
             assert_eq!(offset, scan.good_len, "damage starts where good data ends");
         } else {
-            assert_eq!(scan.good_len as usize, bytes.len());
+            assert!(
+                zeros(&bytes[scan.good_len as usize..]),
+                "a clean end is zeros"
+            );
         }
     }
 }
