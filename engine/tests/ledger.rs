@@ -39,6 +39,11 @@ fn payload(i: u64) -> Vec<u8> {
     format!("record {i:04} of the test ledger").into_bytes()
 }
 
+/// Appends one record of kind 2 after a reopen; its sequence number.
+fn append_after(ledger: &Ledger, payload: &[u8]) -> u64 {
+    ledger.append_blocking(vec![(2, payload.to_vec())]).unwrap()
+}
+
 /// Writes `n` single-record appends and closes the ledger.
 fn write(dir: &Path, segment_bytes: u64, n: u64) {
     let (ledger, _) = Ledger::open(config(dir, segment_bytes)).unwrap();
@@ -115,12 +120,7 @@ fn recovery_cuts_a_torn_tail_at_every_offset() {
         let at_boundary = (cut - HEADER_LEN).is_multiple_of(FRAME_LEN + payload(0).len());
         assert_eq!(recovery.cut.is_some(), !at_boundary, "cut at {cut}");
         // Writing goes on from the last whole record.
-        assert_eq!(
-            ledger
-                .append_blocking(vec![(2, b"after".to_vec())])
-                .unwrap(),
-            whole as u64
-        );
+        assert_eq!(append_after(&ledger, b"after"), whole as u64);
         drop(ledger);
         let (read, damage) = read_all(dir.path());
         assert_eq!(
@@ -175,12 +175,7 @@ fn zeros_after_the_last_record_are_a_clean_end_and_anything_else_is_damage() {
     assert_eq!(read_all(dir.path()), (all.clone(), None));
     let (ledger, recovery) = Ledger::open(config(dir.path(), 1 << 20)).unwrap();
     assert_eq!((recovery.next_seq, recovery.cut), (5, None));
-    assert_eq!(
-        ledger
-            .append_blocking(vec![(2, b"after".to_vec())])
-            .unwrap(),
-        5
-    );
+    assert_eq!(append_after(&ledger, b"after"), 5);
     drop(ledger);
     let (read, damage) = read_all(dir.path());
     assert_eq!((read.len(), damage, &read[..5]), (6, None, &all[..]));
@@ -327,12 +322,7 @@ fn a_segment_whose_header_never_landed_is_started_again() {
     let (ledger, recovery) = Ledger::open(config(dir.path(), 1 << 20)).unwrap();
     assert_eq!(recovery.next_seq, 5, "segment 0 sealed records 0..=4");
     assert!(recovery.cut.is_some());
-    assert_eq!(
-        ledger
-            .append_blocking(vec![(2, b"again".to_vec())])
-            .unwrap(),
-        5
-    );
+    assert_eq!(append_after(&ledger, b"again"), 5);
     drop(ledger);
     let (read, damage) = read_all(dir.path());
     assert_eq!(damage, None);
