@@ -4,7 +4,7 @@
 //! clean close; concurrent appends get unique, gapless sequence numbers; segments roll and
 //! seal.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -37,6 +37,14 @@ fn read_all(dir: &Path) -> (Vec<Owned>, Option<(u64, String)>) {
 
 fn payload(i: u64) -> Vec<u8> {
     format!("record {i:04} of the test ledger").into_bytes()
+}
+
+/// Writes `n` records into one segment; its path, its bytes and the records read back.
+fn one_segment(dir: &Path, n: u64) -> (PathBuf, Vec<u8>, Vec<Owned>) {
+    write(dir, 1 << 20, n);
+    let path = segments(dir).unwrap()[0].1.clone();
+    let bytes = std::fs::read(&path).unwrap();
+    (path, bytes, read_all(dir).0)
 }
 
 /// Appends one record of kind 2 after a reopen; its sequence number.
@@ -108,10 +116,7 @@ fn truncating_a_sealed_segment_anywhere_is_detected() {
 #[test]
 fn recovery_cuts_a_torn_tail_at_every_offset() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), 1 << 20, 5);
-    let path = segments(dir.path()).unwrap()[0].1.clone();
-    let original = std::fs::read(&path).unwrap();
-    let (all, _) = read_all(dir.path());
+    let (path, original, all) = one_segment(dir.path(), 5);
     for cut in HEADER_LEN..original.len() {
         std::fs::write(&path, &original[..cut]).unwrap();
         let whole = (cut - HEADER_LEN) / (FRAME_LEN + payload(0).len());
@@ -160,10 +165,7 @@ fn zeros_written_ahead_end_a_segment_cleanly_and_a_clean_close_trims_them() {
 #[test]
 fn zeros_after_the_last_record_are_a_clean_end_and_anything_else_is_damage() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), 1 << 20, 5);
-    let path = segments(dir.path()).unwrap()[0].1.clone();
-    let original = std::fs::read(&path).unwrap();
-    let (all, _) = read_all(dir.path());
+    let (path, original, all) = one_segment(dir.path(), 5);
     let with_zeros = |mut bytes: Vec<u8>| {
         bytes.resize(bytes.len() + 3000, 0);
         bytes
@@ -227,10 +229,7 @@ fn a_sealed_segment_may_keep_zeros_after_its_seal_but_nothing_else() {
 #[test]
 fn byte_flips_are_detected_and_nothing_after_them_is_read() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), 1 << 20, 40);
-    let path = segments(dir.path()).unwrap()[0].1.clone();
-    let original = std::fs::read(&path).unwrap();
-    let (all, _) = read_all(dir.path());
+    let (path, original, all) = one_segment(dir.path(), 40);
     let mut rng = SmallRng::seed_from_u64(11);
     for _ in 0..300 {
         let mut bytes = original.clone();
