@@ -163,8 +163,14 @@ pub struct Tail {
 
 impl Tail {
     /// Opens the ledger in `config.dir`: cuts a damaged tail of the open segment, or starts a
-    /// new segment after a sealed one.
-    pub fn recover(config: LedgerConfig) -> Result<(Tail, Recovery), LedgerError> {
+    /// new segment after a sealed one. `durable_through` is the last sequence number known to
+    /// have been on disk before (RocksDB applies a record only after its fsync): damage at or
+    /// before it is not a torn write but a fault of the medium, and recovery refuses to cut
+    /// records that were acknowledged, leaving the file as it is for an operator.
+    pub fn recover(
+        config: LedgerConfig,
+        durable_through: Option<u64>,
+    ) -> Result<(Tail, Recovery), LedgerError> {
         std::fs::create_dir_all(&config.dir)?;
         let files = segments(&config.dir)?;
         let mut recovery = Recovery {
@@ -214,6 +220,17 @@ impl Tail {
             return Ok((open, recovery));
         }
         if let Some((offset, why)) = scan.damage {
+            if durable_through.is_some_and(|d| d >= next_seq) {
+                return Err(LedgerError(format!(
+                    "{}: damaged at offset {offset} ({why}) after sequence {}, but records \
+                     through {} were acknowledged as durable: this is damage to the medium, not \
+                     a torn write; refusing to cut them (restore the segment from the \
+                     collector's copy, see `redrain ledger verify`)",
+                    path.display(),
+                    next_seq.saturating_sub(1),
+                    durable_through.unwrap_or_default(),
+                )));
+            }
             tracing::warn!(file = %path.display(), offset, reason = %why, "ledger: cutting a damaged tail");
             let file = OpenOptions::new().write(true).open(&path)?;
             file.set_len(offset)?;
@@ -283,6 +300,22 @@ impl Tail {
     where
         R: IntoIterator<Item = (u8, &'a [u8])>,
     {
+        let before = (self.header.segment, self.len, self.records, self.next_seq);
+        let written = self.write_group(group, buf);
+        if let Err(e) = &written {
+            self.undo(before, e);
+        }
+        written
+    }
+
+    fn write_group<'a, R>(
+        &mut self,
+        group: impl IntoIterator<Item = R>,
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<u64>, LedgerError>
+    where
+        R: IntoIterator<Item = (u8, &'a [u8])>,
+    {
         let mut last = Vec::new();
         buf.clear();
         for records in group {
@@ -292,6 +325,13 @@ impl Tail {
                 self.roll()?;
             }
             for (kind, payload) in records {
+                if kind == SEAL || payload.len() > MAX_PAYLOAD {
+                    return Err(LedgerError(format!(
+                        "a record of kind {kind} with {} bytes: kind {SEAL} is the seal and \
+                         payloads are at most {MAX_PAYLOAD} bytes",
+                        payload.len()
+                    )));
+                }
                 encode_record(self.next_seq, kind, payload, buf);
                 self.next_seq += 1;
                 self.records += 1;
@@ -304,6 +344,26 @@ impl Tail {
             self.file.sync_data()?;
         }
         Ok(last)
+    }
+
+    /// After a failed group: cuts the segment back to where the group began, so that none of
+    /// it can surface at the next start while its appends were answered with an error. When
+    /// that is impossible (the group rolled a segment, or the cut itself fails) whether the
+    /// group is on disk is unknown, and no answer can be true: the process stops, and recovery
+    /// at the next start decides.
+    fn undo(&mut self, (segment, len, records, next_seq): (u64, u64, u64, u64), e: &LedgerError) {
+        let cut = (self.header.segment == segment)
+            .then(|| self.file.set_len(len).and_then(|()| self.file.sync_all()));
+        match cut {
+            Some(Ok(())) => {
+                (self.len, self.written, self.records, self.next_seq) =
+                    (len, len, records, next_seq);
+            }
+            _ => {
+                tracing::error!(error = %e, "a failed ledger write could not be cut back; stopping so that recovery decides what is on disk");
+                std::process::abort();
+            }
+        }
     }
 
     /// Writes `bytes` after the last record.
@@ -358,7 +418,7 @@ pub struct Ledger {
 impl Ledger {
     /// Opens (creating if needed) the ledger and starts its writer.
     pub fn open(config: LedgerConfig) -> Result<(Arc<Ledger>, Recovery), LedgerError> {
-        let (open, recovery) = Tail::recover(config)?;
+        let (open, recovery) = Tail::recover(config, None)?;
         let (tx, rx) = mpsc::channel(APPEND_QUEUE);
         let thread = thread::Builder::new()
             .name("ledger".into())

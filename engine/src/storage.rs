@@ -1,10 +1,11 @@
 //! Durable state in RocksDB, written through one group-commit thread.
 //!
 //! Every draw that changes state becomes one atomic batch (request record, user standing, wins,
-//! pending deliveries, counter increments). Batches queue on a bounded channel to a single
-//! writer thread, which folds whatever is waiting into one `WriteBatch` and writes it with
-//! `sync = true`: one fsync covers every draw in the group, so durability costs one disk flush
-//! per group rather than per draw, and no draw waits on a lock while another one is on disk.
+//! pending deliveries, counter increments), at most one ledger record in size. Batches queue
+//! on a bounded channel to a single writer thread, which writes whatever is waiting as ledger
+//! records with one write and one fsync, then applies them to RocksDB as one `WriteBatch`
+//! without its WAL: durability costs one disk flush per group rather than per draw, and no
+//! draw waits on a lock while another one is on disk.
 //!
 //! Column families: `requests` (idempotency records), `users` (standings), `wins`,
 //! `deliveries` (pending records for the delivery work), `counters` (issued per prize and
@@ -23,7 +24,9 @@ use rocksdb::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ledger::{scan_segment, segments, Header, LedgerConfig, Tail, DEFAULT_SEGMENT_BYTES};
+use crate::ledger::{
+    scan_segment, segments, Header, LedgerConfig, Tail, DEFAULT_SEGMENT_BYTES, MAX_PAYLOAD,
+};
 
 /// Most draws folded into one group commit.
 pub const MAX_GROUP: usize = 4096;
@@ -214,7 +217,11 @@ impl Storage {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             sync: true,
         };
-        let (tail, recovery) = Tail::recover(config).map_err(|e| StorageError(e.to_string()))?;
+        let applied = db
+            .get_cf(handle(&db, Cf::Meta), APPLIED_KEY)?
+            .map(|b| decode_u64(&b));
+        let (tail, recovery) =
+            Tail::recover(config, applied).map_err(|e| StorageError(e.to_string()))?;
         if let Some((file, offset, why)) = &recovery.cut {
             tracing::warn!(file = %file.display(), offset, reason = %why, "ledger tail cut at start-up");
         }
@@ -311,6 +318,7 @@ impl Storage {
         if ops.is_empty() {
             return Ok(());
         }
+        fits_one_record(&ops)?;
         let (done, wait) = oneshot::channel();
         self.writer()?
             .send(Job { ops, urgency, done })
@@ -324,6 +332,7 @@ impl Storage {
         if ops.is_empty() {
             return Ok(());
         }
+        fits_one_record(&ops)?;
         let (done, wait) = oneshot::channel();
         self.writer()?
             .blocking_send(Job {
@@ -528,6 +537,30 @@ pub fn encode_ops(ops: &[Op], out: &mut Vec<u8>) {
     }
 }
 
+/// The length of [`encode_ops`]'s payload for `ops`.
+pub fn encoded_len(ops: &[Op]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            Op::Put(_, k, v) => 2 + 4 + k.len() + 4 + v.len(),
+            Op::Add(_, k, _) => 2 + 4 + k.len() + 8,
+            Op::Delete(_, k) => 2 + 4 + k.len(),
+        })
+        .sum()
+}
+
+/// Refuses a batch too large for one ledger record: it is a commit's unit of atomicity, and
+/// a record the reader would take for damage must never be written.
+fn fits_one_record(ops: &[Op]) -> Result<(), StorageError> {
+    let len = encoded_len(ops);
+    if len > MAX_PAYLOAD {
+        return Err(StorageError(format!(
+            "a batch of {len} bytes is more than one ledger record holds ({MAX_PAYLOAD} bytes); \
+             nothing was written"
+        )));
+    }
+    Ok(())
+}
+
 /// The name of a column family.
 pub fn cf_name(cf: Cf) -> &'static str {
     CFS[cf as usize].1
@@ -656,21 +689,31 @@ const SUMMED: [Cf; 2] = [Cf::Counters, Cf::Drops];
 /// not compared: the first is the largest family by far, the second holds the applied mark.)
 const RECORDS: [Cf; 4] = [Cf::Users, Cf::Wins, Cf::Deliveries, Cf::Outbox];
 
-/// Calls `f` with every op of every good ledger record, in order. Damage was cut or refused by
-/// recovery and replay already; this reads what is good.
+/// Calls `f` with every op of every ledger record, in order. Recovery has cut a torn tail of
+/// the open segment, so any damage left (a sealed segment, a gap in the sequence, a record
+/// that does not decode) is a fault of the medium: it is refused, never read past, because
+/// what follows it would repair RocksDB to a ledger with acknowledged records missing.
 fn each_ledger_op(dir: &Path, mut f: impl FnMut(Op)) -> Result<(), StorageError> {
-    for (_, path) in segments(dir).map_err(|e| StorageError(e.to_string()))? {
-        let bytes = std::fs::read(&path).map_err(|e| StorageError(e.to_string()))?;
-        let _ = scan_segment(&bytes, |r| {
-            if r.kind == BATCH {
-                decode_ops(r.payload)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .for_each(&mut f);
-            }
-        });
+    let mut undecodable = None;
+    let checked = crate::ledger::verify(dir, |r| {
+        if r.kind != BATCH || undecodable.is_some() {
+            return;
+        }
+        match decode_ops(r.payload) {
+            Ok(ops) => ops.into_iter().for_each(&mut f),
+            Err(e) => undecodable = Some(format!("record {}: {e}", r.seq)),
+        }
+    })
+    .map_err(|e| StorageError(e.to_string()))?;
+    let damage = checked
+        .damage
+        .map(|(file, offset, why)| format!("{} at offset {offset}: {why}", file.display()));
+    match undecodable.or(damage) {
+        Some(why) => Err(StorageError(format!(
+            "ledger {why}; refusing to start on a damaged ledger (see `redrain ledger verify`)"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A 64-bit digest of a key or value, to fold millions of records in bounded memory.

@@ -440,3 +440,87 @@ async fn background_commits_land_alone_and_survive_reopen() {
         assert_eq!(got, Some(i.to_le_bytes().to_vec()), "key {i} after reopen");
     }
 }
+
+/// A batch one ledger record cannot hold is refused before anything is written, at both
+/// depths: the storage commit, and the writer itself (which then cuts nothing, since it wrote
+/// nothing). The ledger stays clean and the next commit lands.
+#[test]
+fn a_batch_larger_than_one_record_is_refused_and_writes_nothing() {
+    use redrain::ledger::{Tail, MAX_PAYLOAD};
+    use redrain::storage::{Cf, Op, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Storage::open(&dir.path().join("db"), &dir.path().join("ledger"), 1).unwrap();
+    let storage = open();
+    let big = Op::Put(Cf::Meta, b"big".to_vec(), vec![7; MAX_PAYLOAD]);
+    let refused = storage.commit_blocking(vec![big]).unwrap_err();
+    assert!(
+        refused.to_string().contains("nothing was written"),
+        "{refused}"
+    );
+    let small = Op::Put(Cf::Meta, b"small".to_vec(), b"1".to_vec());
+    storage.commit_blocking(vec![small]).unwrap();
+    drop(storage);
+    let (records, damage) = read_all(&dir.path().join("ledger"));
+    assert_eq!((records.len(), damage), (1, None), "only the small batch");
+    let storage = open();
+    assert_eq!(storage.get(Cf::Meta, b"big").unwrap(), None);
+    assert_eq!(
+        storage.get(Cf::Meta, b"small").unwrap(),
+        Some(b"1".to_vec())
+    );
+    drop(storage);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut tail, _) = Tail::recover(config(dir.path(), 1 << 20), None).unwrap();
+    let mut buf = Vec::new();
+    let (first, second, too_big) = (payload(0), payload(1), vec![0u8; MAX_PAYLOAD + 1]);
+    let group = [vec![(1u8, first.as_slice())], vec![(1, too_big.as_slice())]];
+    assert!(tail.write(group, &mut buf).is_err());
+    assert_eq!(
+        tail.write([[(1u8, second.as_slice())]], &mut buf).unwrap(),
+        [0]
+    );
+    drop(tail);
+    let (records, damage) = read_all(dir.path());
+    assert_eq!(
+        records,
+        [(0, 1, payload(1))],
+        "the refused group left nothing"
+    );
+    assert_eq!(damage, None);
+}
+
+/// Damage before records RocksDB has applied (and so were acknowledged) is not a torn write:
+/// start-up refuses it and leaves the file as it was, in the open segment (which recovery
+/// would otherwise cut) and in a sealed one (which replay skips as applied).
+#[test]
+fn damage_under_acknowledged_records_is_refused_not_cut() {
+    use redrain::storage::{Cf, Op, Storage};
+    let flip_and_reopen = |records: u32, value: usize, segment: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, ledger) = (dir.path().join("db"), dir.path().join("ledger"));
+        let storage = Storage::open(&db, &ledger, 1).unwrap();
+        for i in 0..records {
+            let op = Op::Put(Cf::Wins, format!("w{i}").into_bytes(), vec![1; value]);
+            storage.commit_blocking(vec![op]).unwrap();
+        }
+        drop(storage);
+        let files = segments(&ledger).unwrap();
+        assert!(files.len() > segment, "{} segments", files.len());
+        let path = &files[segment].1;
+        let mut bytes = std::fs::read(path).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x20;
+        std::fs::write(path, &bytes).unwrap();
+        let refused = Storage::open(&db, &ledger, 1).unwrap_err().to_string();
+        assert!(refused.contains("refusing"), "{refused}");
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            bytes,
+            "the file is left as it was"
+        );
+    };
+    flip_and_reopen(10, 100, 0);
+    // 70 records of 1,000,000 bytes pass the 64 MiB segment size: segment 0 is sealed.
+    flip_and_reopen(70, 1_000_000, 0);
+}
