@@ -10,10 +10,14 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed},
+};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -91,6 +95,9 @@ pub struct Collector {
     dir: PathBuf,
     secret: String,
     copies: Mutex<HashMap<(u32, u64), Copy>>,
+    /// Held by each append from its offset check to its fsync, so two requests at the same
+    /// offset cannot both pass the check.
+    appending: Mutex<()>,
 }
 
 impl Collector {
@@ -100,6 +107,7 @@ impl Collector {
             dir,
             secret,
             copies: Mutex::new(HashMap::new()),
+            appending: Mutex::new(()),
         }
     }
 
@@ -151,6 +159,7 @@ impl Collector {
     }
 
     fn put(&self, node: u32, segment: u64, offset: u64, chunk: &[u8]) -> Result<u64, PutError> {
+        let _one_at_a_time = self.appending.lock();
         let mut copy = self.copy(node, segment).map_err(PutError::Invalid)?;
         if offset != copy.len {
             return Err(PutError::Offset(copy.len));
@@ -160,11 +169,20 @@ impl Collector {
         let path = self.path(node, segment);
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(path.parent().expect("under the node's dir"))?;
-            let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
-            f.write_all(chunk)?;
+            let f = OpenOptions::new().create(true).write(true).open(&path)?;
+            f.write_all_at(chunk, offset)?;
             f.sync_data()
         };
-        write().map_err(|e| PutError::Io(e.to_string()))?;
+        if let Err(e) = write() {
+            // Cut what may have landed and forget the copy: the next request reads the file
+            // back, so a retry at this offset is checked against the disk, not a guess.
+            let _ = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(offset));
+            self.copies.lock().remove(&(node, segment));
+            return Err(PutError::Io(e.to_string()));
+        }
         let len = copy.len;
         self.copies.lock().insert((node, segment), copy);
         Ok(len)
@@ -286,6 +304,9 @@ pub struct Shipper {
     /// Whole-record bytes that were on disk but not on the collector when the last round
     /// began (what accumulated since the round before, plus anything a failure left).
     pub lag_bytes: Arc<AtomicU64>,
+    /// The writer's durable mark ([`crate::ledger::Tail::durable`]): records from it on are
+    /// not shipped yet. `None` ships every whole record (a ledger nobody is writing).
+    durable: Option<Arc<AtomicU64>>,
 }
 
 impl Shipper {
@@ -298,7 +319,16 @@ impl Shipper {
             secret,
             shipped: HashMap::new(),
             lag_bytes: Arc::new(AtomicU64::new(0)),
+            durable: None,
         }
+    }
+
+    /// Ships only records the writer has made durable (`mark` from [`crate::ledger::Tail::durable`]):
+    /// a record written but not yet fsynced may not survive a crash, and the collector must
+    /// never hold what the node lost.
+    pub fn durable_before(mut self, mark: Arc<AtomicU64>) -> Self {
+        self.durable = Some(mark);
+        self
     }
 
     /// Sends everything not yet on the collector; returns the bytes sent.
@@ -332,7 +362,10 @@ impl Shipper {
                     r.json()["len"].as_u64().unwrap_or(0)
                 }
             };
-            let (bounds, base) = whole_records_from(&path, known).map_err(|e| e.to_string())?;
+            // Read the mark before the file: whatever it covers is on disk by then.
+            let below = self.durable.as_ref().map(|d| d.load(Acquire));
+            let (bounds, base) =
+                whole_records_from(&path, known, below).map_err(|e| e.to_string())?;
             let end = bounds.last().copied().unwrap_or(known);
             lag += end - known;
             let mut offset = known;
@@ -387,8 +420,15 @@ impl Shipper {
 }
 
 /// The bytes of `path` from `from` and the end offsets of the whole records in them (the
-/// header counts as one when `from` is 0); a record still being written is left for later.
-fn whole_records_from(path: &Path, from: u64) -> std::io::Result<(Vec<u64>, Vec<u8>)> {
+/// header counts as one when `from` is 0); a record still being written is left for later,
+/// and so is every record from sequence number `below` on (a seal, which repeats its
+/// segment's last sequence number, waits until a record after it is durable: the seal is
+/// fsynced before the next segment's first record is written).
+fn whole_records_from(
+    path: &Path,
+    from: u64,
+    below: Option<u64>,
+) -> std::io::Result<(Vec<u64>, Vec<u8>)> {
     let mut f = std::fs::File::open(path)?;
     f.seek(SeekFrom::Start(from))?;
     let mut bytes = Vec::new();
@@ -402,7 +442,11 @@ fn whole_records_from(path: &Path, from: u64) -> std::io::Result<(Vec<u64>, Vec<
         at = HEADER_LEN;
         bounds.push(at as u64);
     }
-    while let Decoded::Record(_, len) = decode_record(&bytes[at..]) {
+    while let Decoded::Record(r, len) = decode_record(&bytes[at..]) {
+        let last = if r.kind == SEAL { r.seq + 1 } else { r.seq };
+        if below.is_some_and(|b| last >= b) {
+            break;
+        }
         at += len;
         bounds.push(from + at as u64);
     }

@@ -6,6 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Release};
 use std::sync::Arc;
 use std::thread;
 
@@ -158,6 +159,8 @@ pub struct Tail {
     written: u64,
     records: u64,
     next_seq: u64,
+    /// Every record before this sequence number is on disk (fsynced, when configured).
+    durable: Arc<AtomicU64>,
     config: LedgerConfig,
 }
 
@@ -245,6 +248,7 @@ impl Tail {
             len: scan.good_len,
             records: scan.records,
             next_seq,
+            durable: Arc::new(AtomicU64::new(next_seq)),
             config,
         };
         Ok((open, recovery))
@@ -271,8 +275,15 @@ impl Tail {
             written: HEADER_LEN as u64,
             records: 0,
             next_seq: first_seq,
+            durable: Arc::new(AtomicU64::new(first_seq)),
             config,
         })
+    }
+
+    /// Every record before this sequence number is on disk: what may leave the node (the
+    /// shipper reads no further), since a record written but not yet fsynced may not survive.
+    pub fn durable(&self) -> Arc<AtomicU64> {
+        self.durable.clone()
     }
 
     /// Seals this segment and starts the next.
@@ -284,7 +295,8 @@ impl Tail {
         self.file.set_len(self.len)?;
         self.written = self.len;
         self.file.sync_all()?;
-        let next = Tail::create(self.config.clone(), self.header.segment + 1, self.next_seq)?;
+        let mut next = Tail::create(self.config.clone(), self.header.segment + 1, self.next_seq)?;
+        next.durable = self.durable.clone();
         *self = next;
         Ok(())
     }
@@ -302,8 +314,9 @@ impl Tail {
     {
         let before = (self.header.segment, self.len, self.records, self.next_seq);
         let written = self.write_group(group, buf);
-        if let Err(e) = &written {
-            self.undo(before, e);
+        match &written {
+            Ok(_) => self.durable.store(self.next_seq, Release),
+            Err(e) => self.undo(before, e),
         }
         written
     }

@@ -517,7 +517,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 settings.share.index,
                 collector,
                 secret,
-            );
+            )
+            .durable_before(app.service.storage.durable());
             app.service.metrics.set_ship_lag(shipper.lag_bytes.clone());
             tokio::spawn(redrain::collect::ship_forever(shipper, Duration::from_millis(200)));
         }

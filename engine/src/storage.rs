@@ -126,6 +126,8 @@ pub struct Storage {
     writer_thread: Option<thread::JoinHandle<()>>,
     /// Groups written: one ledger write and one fsync each.
     groups: Arc<AtomicU64>,
+    /// Every ledger record before this sequence number is on disk.
+    durable: Arc<AtomicU64>,
     /// Counters RocksDB held differently from the ledger at start-up, set to the ledger's.
     pub repairs: Vec<String>,
 }
@@ -242,6 +244,7 @@ impl Storage {
         for r in &repairs {
             tracing::warn!(difference = %r, "RocksDB disagreed with the ledger; the ledger's value is restored");
         }
+        let durable = tail.durable();
         let (writer, rx) = mpsc::channel(COMMIT_QUEUE);
         let db2 = db.clone();
         let groups = Arc::new(AtomicU64::new(0));
@@ -276,8 +279,14 @@ impl Storage {
             writer: Some(writer),
             writer_thread: Some(writer_thread),
             groups,
+            durable,
             repairs,
         })
+    }
+
+    /// Every ledger record before this sequence number is on disk (see [`Tail::durable`]).
+    pub fn durable(&self) -> Arc<AtomicU64> {
+        self.durable.clone()
     }
 
     /// Groups written since open: one ledger write and one fsync each.

@@ -178,3 +178,90 @@ async fn segments_arrive_byte_identical_across_restarts_of_both_sides() {
     stop.send(()).unwrap();
     task.await.unwrap();
 }
+
+/// Requests racing at one offset: exactly one is appended, the others are told where the copy
+/// now ends, and the copy holds the chunk once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_racing_at_one_offset_append_once() {
+    let node = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let ledger_dir = node.path().join("ledger");
+    let nd = ledger_dir.clone();
+    tokio::task::spawn_blocking(move || write(&nd, 0, 10))
+        .await
+        .unwrap();
+    let seg0 = Bytes::from(std::fs::read(&segments(&ledger_dir).unwrap()[0].1).unwrap());
+    let (addr, stop, task) = collector(store.path(), "127.0.0.1:0").await;
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let body = seg0.clone();
+            tokio::spawn(async move {
+                let mut c = Conn::connect(addr).await.unwrap();
+                let auth = format!("Bearer {SECRET}");
+                let r = c
+                    .send(
+                        Method::PUT,
+                        "/v1/ledger/7/0?offset=0",
+                        &[("authorization", &auth)],
+                        body,
+                    )
+                    .await
+                    .unwrap();
+                r.status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for r in racers {
+        statuses.push(r.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 409, 409, 409, 409, 409, 409, 409]);
+    let copy = std::fs::read(store.path().join("7").join(format!("{:020}.seg", 0))).unwrap();
+    assert!(copy == seg0, "the copy is the segment once");
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+/// A record written but not yet durable stays on the node: the shipper reads no further than
+/// the writer's durable mark, and ships the record once the mark passes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_durable_records_are_shipped() {
+    use redrain::ledger::{encode_record, scan_segment};
+    use redrain::storage::{Cf, Op, Storage};
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::Ordering::SeqCst;
+    let node = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let ledger_dir = node.path().join("ledger");
+    let storage = Storage::open(&node.path().join("db"), &ledger_dir, 7).unwrap();
+    for i in 0..5u32 {
+        let op = Op::Put(Cf::Meta, format!("k{i}").into_bytes(), vec![1; 100]);
+        storage.commit(vec![op]).await.unwrap();
+    }
+    let mark = storage.durable();
+    let next = mark.load(SeqCst);
+    // The bytes of the next record, where the writer would put them before its fsync.
+    let path = segments(&ledger_dir).unwrap()[0].1.clone();
+    let durable_end = scan_segment(&std::fs::read(&path).unwrap(), |_| {})
+        .unwrap()
+        .good_len;
+    let mut record = Vec::new();
+    encode_record(next, 1, b"written, not yet fsynced", &mut record);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&record, durable_end).unwrap();
+
+    let (addr, stop, task) = collector(store.path(), "127.0.0.1:0").await;
+    let copy = store.path().join("7").join(format!("{:020}.seg", 0));
+    let mut shipper =
+        Shipper::new(ledger_dir.clone(), 7, addr, SECRET.into()).durable_before(mark.clone());
+    shipper.ship_once().await.unwrap();
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), durable_end);
+    mark.store(next + 1, SeqCst);
+    shipper.ship_once().await.unwrap();
+    let expected = durable_end + record.len() as u64;
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), expected);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    drop(storage);
+}
