@@ -169,7 +169,11 @@ impl Collector {
         let path = self.path(node, segment);
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(path.parent().expect("under the node's dir"))?;
-            let f = OpenOptions::new().create(true).write(true).open(&path)?;
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
             f.write_all_at(chunk, offset)?;
             f.sync_data()
         };
