@@ -138,17 +138,15 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         let Ok(prize) = PrizeId::new(&prize) else {
             continue;
         };
-        // Ended occurrences can never be drawn from again; their counts stay in storage.
-        if !counter_is_open(&store.load().config, &prize, occurrence, now_ms) {
-            continue;
+        let issued = issued.min(u64::from(u32::MAX)) as u32;
+        // A counter the config does not open (its occurrence ended, its prize is gone) is kept
+        // as its count only: a later config may open it again, and it must go on from there.
+        if counter_is_open(&store.load().config, &prize, occurrence, now_ms) {
+            let limit = store.limit_of(&prize);
+            book.restore(prize, occurrence, issued, limit);
+        } else {
+            book.restore_closed(prize, occurrence, issued);
         }
-        let limit = store.limit_of(&prize);
-        book.restore(
-            prize,
-            occurrence,
-            issued.min(u64::from(u32::MAX)) as u32,
-            limit,
-        );
     }
     let storage_for_lanes = storage.clone();
     let service = Arc::new(DrawService {
