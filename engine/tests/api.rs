@@ -1898,6 +1898,47 @@ fn restart_config(quota: u64) -> String {
         + &cash_prize("cash", 100, quota, 1000, 1)
 }
 
+/// Defect A3: a data dir restarted with another --node-count restored its node's issued counts
+/// against the new, larger share of each quota. The share is recorded at the first start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_refuses_another_node_share_than_it_was_started_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, restart_config(6)).unwrap();
+    let data_dir = dir.path().join("data");
+    let clock = Arc::new(quota::clock::ManualClock::new(t0()));
+    let two = quota::store::NodeShare::new(0, 2).unwrap();
+    let server = Server::start_with(&config_path, &data_dir, clock.clone(), two).await;
+    let mut c = server.conn().await;
+    assert_eq!(wins_in(&draw_ok(&mut c, "r", "a", "1", 20).await).len(), 3);
+    drop(c);
+    server.stop().await;
+
+    for (index, count) in [(0, 3), (1, 2), (0, 1)] {
+        let share = quota::store::NodeShare::new(index, count).unwrap();
+        let refused = try_open(&settings(&config_path, &data_dir, share), clock.clone()).await;
+        let e = format!(
+            "{:#}",
+            refused.expect_err("another node share must be refused")
+        );
+        for part in [
+            "node index 0 of node count 2".to_string(),
+            format!("node index {index} of node count {count}"),
+            "not supported".to_string(),
+            "--node-index 0 --node-count 2".to_string(),
+        ] {
+            assert!(e.contains(&part), "{part:?} missing from: {e}");
+        }
+    }
+
+    // The same share starts, with its counters.
+    let server = Server::start_with(&config_path, &data_dir, clock, two).await;
+    let mut c = server.conn().await;
+    assert_eq!(issued(&mut c, "r").await["cash"], 3);
+    assert_eq!(draw_ok(&mut c, "r", "b", "1", 20).await["outcome"], "none");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_caps_configs_and_request_records_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
