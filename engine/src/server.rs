@@ -87,6 +87,62 @@ pub(crate) struct StoredConfig {
 
 const CONFIG_KEY: &[u8] = b"config";
 const FILE_HASH_KEY: &[u8] = b"config_file_hash";
+/// The node share a data dir was first served with (meta), as [`StoredShare`].
+const NODE_SHARE_KEY: &[u8] = b"node_share";
+
+/// A node share as stored under [`NODE_SHARE_KEY`].
+#[derive(Serialize, Deserialize)]
+struct StoredShare {
+    index: u32,
+    count: u32,
+}
+
+/// Refuses a data dir first served with another node index or count: its counters hold only
+/// that node's issued counts, which are checked against that node's share of each quota, so a
+/// new share would pass the quota (or strand prizes). A data dir from before shares were
+/// recorded takes the current one; either way it is recorded before anything is drawn.
+fn check_node_share(
+    storage: &Storage,
+    share: NodeShare,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    match storage.get(Cf::Meta, NODE_SHARE_KEY)? {
+        Some(bytes) => {
+            let was: StoredShare = serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "the node share recorded in {} is unreadable: {e}",
+                    data_dir.display()
+                )
+            })?;
+            if (was.index, was.count) != (share.index, share.count) {
+                anyhow::bail!(
+                    "the data dir {} belongs to node index {} of node count {}, but this start \
+                     asks for node index {} of node count {}. Each node's counters hold only \
+                     its own share of every quota, so changing the node count or index would \
+                     pass the quotas; re-sharding a running campaign is not supported. Start \
+                     this data dir with --node-index {} --node-count {}, or serve the new \
+                     layout from new, empty data dirs.",
+                    data_dir.display(),
+                    was.index,
+                    was.count,
+                    share.index,
+                    share.count,
+                    was.index,
+                    was.count,
+                );
+            }
+            Ok(())
+        }
+        None => {
+            let stored = serde_json::to_vec(&StoredShare {
+                index: share.index,
+                count: share.count,
+            })?;
+            storage.commit_blocking(vec![Op::Put(Cf::Meta, NODE_SHARE_KEY.to_vec(), stored)])?;
+            Ok(())
+        }
+    }
+}
 
 /// Opens the data dir, restores counters, and settles the config: the stored one, or the file
 /// published on top of it when the file is new or changed.
@@ -102,6 +158,8 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         &settings.data_dir.join("ledger"),
         settings.share.index,
     )?);
+
+    check_node_share(&storage, settings.share, &settings.data_dir)?;
 
     let stored = match storage.get(Cf::Meta, CONFIG_KEY)? {
         Some(bytes) => {
@@ -138,17 +196,15 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         let Ok(prize) = PrizeId::new(&prize) else {
             continue;
         };
-        // Ended occurrences can never be drawn from again; their counts stay in storage.
-        if !counter_is_open(&store.load().config, &prize, occurrence, now_ms) {
-            continue;
+        let issued = issued.min(u64::from(u32::MAX)) as u32;
+        // A counter the config does not open (its occurrence ended, its prize is gone) is kept
+        // as its count only: a later config may open it again, and it must go on from there.
+        if counter_is_open(&store.load().config, &prize, occurrence, now_ms) {
+            let limit = store.limit_of(&prize);
+            book.restore(prize, occurrence, issued, limit);
+        } else {
+            book.restore_closed(prize, occurrence, issued);
         }
-        let limit = store.limit_of(&prize);
-        book.restore(
-            prize,
-            occurrence,
-            issued.min(u64::from(u32::MAX)) as u32,
-            limit,
-        );
     }
     let storage_for_lanes = storage.clone();
     let service = Arc::new(DrawService {

@@ -609,11 +609,7 @@ impl DrawService {
         round
             .prizes
             .iter()
-            .map(|p| {
-                self.book
-                    .get(&p.id, occurrence)
-                    .map_or(0, |c| c.quota.issued().into())
-            })
+            .map(|p| self.book.issued(&p.id, occurrence).into())
             .collect()
     }
 }

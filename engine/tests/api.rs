@@ -1662,6 +1662,157 @@ async fn a_past_occurrence_does_not_block_lowering_a_recurring_quota() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Counters closed and opened again
+// ---------------------------------------------------------------------------------------------
+
+/// An always-live round `r` holding `prize` alone (quota 3, every shake wins while it lasts).
+fn one_prize_config(prize: &str) -> String {
+    campaign("c", "")
+        + PARTNERS
+        + &live_round("r", "c", 1000, 0)
+        + &cash_prize(prize, 100, 3, 1000, 1)
+}
+
+/// A one-occurrence round `r` from 2030-01-01 lasting `duration_s`, holding `p1` (quota 3).
+fn ending_round_config(duration_s: u64) -> String {
+    campaign("c", "")
+        + PARTNERS
+        + &format!(
+            r#"
+[[rounds]]
+id = "r"
+campaign = "c"
+starts_at = "2030-01-01T00:00:00Z"
+duration_s = {duration_s}
+participation_s = {duration_s}
+max_wins_per_user = 1000
+no_win_weight = 0
+"#
+        )
+        + &cash_prize("p1", 100, 3, 1000, 1)
+}
+
+/// Publishes `config` over the admin API; it must be accepted.
+async fn publish_ok(c: &mut Conn, config: &str) {
+    let r = publish(c, config, "application/toml", Some(TOKEN)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// Wins of one 20-shake draw by a new user.
+async fn wins_of_new_user(c: &mut Conn, user: &str) -> usize {
+    wins_in(&draw_ok(c, "r", user, "1", 20).await).len()
+}
+
+/// Defect A1: a counter dropped after a publish (its prize left the config) was created again
+/// from 0 when the prize came back, so p1 issued 3 more past its quota of 3. Same across
+/// restarts with config files that leave p1 out and put it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prize_published_out_and_back_in_does_not_issue_its_quota_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (one_prize_config("p1"), one_prize_config("p2"));
+    let server = Server::with_config(dir.path(), &a, t0()).await;
+    let mut c = server.conn().await;
+    assert_eq!(
+        wins_of_new_user(&mut c, "u0").await,
+        3,
+        "p1's quota of 3 runs out"
+    );
+
+    publish_ok(&mut c, &b).await;
+    publish_ok(&mut c, &a).await;
+    assert_eq!(
+        issued(&mut c, "r").await["p1"],
+        3,
+        "issued survives the prize's absence"
+    );
+    server.clock.advance(100);
+    assert_eq!(
+        wins_of_new_user(&mut c, "u1").await,
+        0,
+        "nothing past the quota"
+    );
+    assert_eq!(issued(&mut c, "r").await["p1"], 3);
+    drop(c);
+
+    // The same through restarts: the file without p1, then with it again.
+    std::fs::write(&server.config_path, &b).unwrap();
+    let server = server.restart().await;
+    std::fs::write(&server.config_path, &a).unwrap();
+    let server = server.restart().await;
+    let mut c = server.conn().await;
+    assert_eq!(
+        config_seq(&mut c).await,
+        5,
+        "each file was published at its start"
+    );
+    assert_eq!(
+        issued(&mut c, "r").await["p1"],
+        3,
+        "issued survives restarts without p1"
+    );
+    server.clock.advance(100);
+    assert_eq!(
+        wins_of_new_user(&mut c, "u2").await,
+        0,
+        "nothing past the quota"
+    );
+    // A quota raised while p1 was out allows exactly the difference.
+    publish_ok(&mut c, &b).await;
+    publish_ok(&mut c, &a.replace("quota = 3", "quota = 4")).await;
+    assert_eq!(
+        wins_of_new_user(&mut c, "u3").await,
+        1,
+        "one more under a quota of 4"
+    );
+    assert_eq!(issued(&mut c, "r").await["p1"], 4);
+    // A quota brought back below what was issued is refused, like for a counter never dropped.
+    publish_ok(&mut c, &b).await;
+    let r = publish(&mut c, &a, "application/toml", Some(TOKEN)).await;
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    server.stop().await;
+}
+
+/// Defect A1 through an extended round: once the round ended, a publish (or a restart) dropped
+/// its counters, and extending the round made them again from 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extending_an_ended_round_does_not_issue_its_quota_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = ms("2030-01-01T00:00:00Z");
+    let server = Server::with_config(dir.path(), &ending_round_config(600), start + 1_000).await;
+    let mut c = server.conn().await;
+    assert_eq!(
+        wins_of_new_user(&mut c, "u0").await,
+        3,
+        "p1's quota of 3 runs out"
+    );
+
+    // Ended; a publish drops the ended counters, then the round is extended.
+    server.clock.set(start + 700_000);
+    publish_ok(&mut c, &ending_round_config(601)).await;
+    publish_ok(&mut c, &ending_round_config(1_200)).await;
+    assert_eq!(issued(&mut c, "r").await["p1"], 3);
+    assert_eq!(
+        wins_of_new_user(&mut c, "u1").await,
+        0,
+        "nothing past the quota"
+    );
+    drop(c);
+
+    // Ended again; a restart restores the counter as closed, then the round is extended.
+    server.clock.set(start + 1_300_000);
+    let server = server.restart().await;
+    let mut c = server.conn().await;
+    publish_ok(&mut c, &ending_round_config(2_000)).await;
+    assert_eq!(issued(&mut c, "r").await["p1"], 3);
+    assert_eq!(
+        wins_of_new_user(&mut c, "u2").await,
+        0,
+        "nothing past the quota"
+    );
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Node shares
 // ---------------------------------------------------------------------------------------------
 
@@ -1745,6 +1896,47 @@ fn restart_config(quota: u64) -> String {
         + PARTNERS
         + &live_round("r", "c", 3, 0)
         + &cash_prize("cash", 100, quota, 1000, 1)
+}
+
+/// Defect A3: a data dir restarted with another --node-count restored its node's issued counts
+/// against the new, larger share of each quota. The share is recorded at the first start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_refuses_another_node_share_than_it_was_started_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, restart_config(6)).unwrap();
+    let data_dir = dir.path().join("data");
+    let clock = Arc::new(quota::clock::ManualClock::new(t0()));
+    let two = quota::store::NodeShare::new(0, 2).unwrap();
+    let server = Server::start_with(&config_path, &data_dir, clock.clone(), two).await;
+    let mut c = server.conn().await;
+    assert_eq!(wins_in(&draw_ok(&mut c, "r", "a", "1", 20).await).len(), 3);
+    drop(c);
+    server.stop().await;
+
+    for (index, count) in [(0, 3), (1, 2), (0, 1)] {
+        let share = quota::store::NodeShare::new(index, count).unwrap();
+        let refused = try_open(&settings(&config_path, &data_dir, share), clock.clone()).await;
+        let e = format!(
+            "{:#}",
+            refused.expect_err("another node share must be refused")
+        );
+        for part in [
+            "node index 0 of node count 2".to_string(),
+            format!("node index {index} of node count {count}"),
+            "not supported".to_string(),
+            "--node-index 0 --node-count 2".to_string(),
+        ] {
+            assert!(e.contains(&part), "{part:?} missing from: {e}");
+        }
+    }
+
+    // The same share starts, with its counters.
+    let server = Server::start_with(&config_path, &data_dir, clock, two).await;
+    let mut c = server.conn().await;
+    assert_eq!(issued(&mut c, "r").await["cash"], 3);
+    assert_eq!(draw_ok(&mut c, "r", "b", "1", 20).await["outcome"], "none");
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

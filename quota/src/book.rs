@@ -2,6 +2,11 @@
 //!
 //! Counters survive config swaps; a publish updates their limits under the book's write lock,
 //! so a draw holding an older config still can never pass the newest quota.
+//!
+//! Counters that can no longer be drawn from (their occurrence ended, or their prize left the
+//! config) are dropped to bound the book, but their issued counts are kept: a later config
+//! (an extended round, the prize published again) can open the same (prize, occurrence) again,
+//! and its counter must then go on from what was issued, never from 0.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +21,49 @@ use crate::limiter::PrizeCounters;
 pub struct CounterBook {
     // parking_lot's RwLock: reads (every win attempt) do not contend with each other, and the
     // write side is only taken to add an occurrence's counters or to publish a config.
-    map: RwLock<HashMap<(PrizeId, u64), Arc<PrizeCounters>>>,
+    map: RwLock<Counters>,
+}
+
+/// The book's two parts, under one lock so a counter is always in exactly one of them.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// The counters that draws may take from.
+    pub(crate) open: HashMap<(PrizeId, u64), Arc<PrizeCounters>>,
+    /// Issued counts of closed counters (dropped from `open`, or stored and not open at
+    /// start-up), per prize then occurrence; only counts above 0. One entry (about 20 bytes)
+    /// per (prize, occurrence) that issued anything: the rows of the engine's durable counters,
+    /// which start-up reads whole anyway. Nested so a prize's id is held once.
+    pub(crate) closed: HashMap<PrizeId, HashMap<u64, u32>>,
+}
+
+impl Counters {
+    fn closed_issued(&self, prize: &PrizeId, occurrence: u64) -> u32 {
+        self.closed
+            .get(prize)
+            .and_then(|by_occurrence| by_occurrence.get(&occurrence))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn close(&mut self, prize: PrizeId, occurrence: u64, issued: u32) {
+        if issued > 0 {
+            self.closed
+                .entry(prize)
+                .or_default()
+                .insert(occurrence, issued);
+        }
+    }
+
+    fn take_closed(&mut self, prize: &PrizeId, occurrence: u64) -> u32 {
+        let Some(by_occurrence) = self.closed.get_mut(prize) else {
+            return 0;
+        };
+        let issued = by_occurrence.remove(&occurrence).unwrap_or(0);
+        if by_occurrence.is_empty() {
+            self.closed.remove(prize);
+        }
+        issued
+    }
 }
 
 impl CounterBook {
@@ -27,11 +74,17 @@ impl CounterBook {
 
     /// The counters of `prize` in `occurrence`, if any draw has created them.
     pub fn get(&self, prize: &PrizeId, occurrence: u64) -> Option<Arc<PrizeCounters>> {
-        self.map.read().get(&(prize.clone(), occurrence)).cloned()
+        self.map
+            .read()
+            .open
+            .get(&(prize.clone(), occurrence))
+            .cloned()
     }
 
     /// The counters of `prize` in `occurrence`, created with the limit `limit()` returns if new.
-    /// `limit` runs under the write lock, so it reads the newest published quota.
+    /// `limit` runs under the write lock, so it reads the newest published quota. A counter
+    /// closed before starts again from what it had issued (and takes nothing more if that is
+    /// already `limit()` or more).
     pub fn get_or_create(
         &self,
         prize: &PrizeId,
@@ -41,43 +94,144 @@ impl CounterBook {
         if let Some(c) = self.get(prize, occurrence) {
             return c;
         }
-        self.map
-            .write()
-            .entry((prize.clone(), occurrence))
-            .or_insert_with(|| Arc::new(PrizeCounters::new(0, limit())))
-            .clone()
+        let mut book = self.map.write();
+        if let Some(c) = book.open.get(&(prize.clone(), occurrence)) {
+            return c.clone();
+        }
+        let issued = book.take_closed(prize, occurrence);
+        let counters = Arc::new(PrizeCounters::new(issued, limit().max(issued)));
+        book.open
+            .insert((prize.clone(), occurrence), counters.clone());
+        counters
+    }
+
+    /// Issued so far for `prize` in `occurrence`, open or closed (0 if never drawn).
+    pub fn issued(&self, prize: &PrizeId, occurrence: u64) -> u32 {
+        let book = self.map.read();
+        match book.open.get(&(prize.clone(), occurrence)) {
+            Some(c) => c.quota.issued(),
+            None => book.closed_issued(prize, occurrence),
+        }
     }
 
     /// Sets restored counters at start-up (from durable storage).
     pub fn restore(&self, prize: PrizeId, occurrence: u64, issued: u32, limit: u32) {
-        self.map.write().insert(
+        let mut book = self.map.write();
+        book.take_closed(&prize, occurrence);
+        book.open.insert(
             (prize, occurrence),
             Arc::new(PrizeCounters::new(issued, limit.max(issued))),
         );
     }
 
-    /// Drops the counters for which `keep` is false (ended occurrences), bounding the book.
-    pub fn retain(&self, mut keep: impl FnMut(&PrizeId, u64) -> bool) {
-        self.map
-            .write()
-            .retain(|(prize, occurrence), _| keep(prize, *occurrence));
+    /// Records at start-up the durable issued count of a counter that is not open, so that a
+    /// later config opening it again goes on from there.
+    pub fn restore_closed(&self, prize: PrizeId, occurrence: u64, issued: u32) {
+        let mut book = self.map.write();
+        book.open.remove(&(prize.clone(), occurrence));
+        book.close(prize, occurrence, issued);
     }
 
-    /// Every (prize, occurrence) with its counters, for reports and metrics.
+    /// Closes the counters for which `keep` is false (ended occurrences, prizes no longer in
+    /// the config), bounding the book: each one's limit is lowered to what it issued, so a draw
+    /// still holding it takes nothing more, and that count is kept for a re-created counter.
+    pub fn retain(&self, mut keep: impl FnMut(&PrizeId, u64) -> bool) {
+        let mut book = self.map.write();
+        let closing: Vec<(PrizeId, u64)> = book
+            .open
+            .keys()
+            .filter(|(prize, occurrence)| !keep(prize, *occurrence))
+            .cloned()
+            .collect();
+        for key in closing {
+            if let Some(counters) = book.open.remove(&key) {
+                let issued = counters.quota.close();
+                book.close(key.0, key.1, issued);
+            }
+        }
+    }
+
+    /// Every open (prize, occurrence) with its counters, for reports and metrics.
     pub fn entries(&self) -> Vec<((PrizeId, u64), Arc<PrizeCounters>)> {
         self.map
             .read()
+            .open
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
 
-    /// Runs `f` with the book locked against new counters, handing it every existing entry.
-    pub(crate) fn with_exclusive<R>(
-        &self,
-        f: impl FnOnce(&HashMap<(PrizeId, u64), Arc<PrizeCounters>>) -> R,
-    ) -> R {
+    /// Runs `f` with the book locked against new counters, handing it every open counter and
+    /// every closed count.
+    pub(crate) fn with_exclusive<R>(&self, f: impl FnOnce(&Counters) -> R) -> R {
         let guard = self.map.write();
         f(&guard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p1() -> PrizeId {
+        PrizeId::new("p1").unwrap()
+    }
+
+    fn take_all(c: &PrizeCounters) -> u32 {
+        let mut n = 0;
+        while c.quota.try_take() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Defect A1: a counter dropped by `retain` and created again started from 0, so a prize
+    /// published out and back in issued its quota twice.
+    #[test]
+    fn a_counter_closed_and_created_again_keeps_its_issued_count() {
+        let book = CounterBook::new();
+        let c = book.get_or_create(&p1(), 4, || 3);
+        assert_eq!(take_all(&c), 3);
+        book.retain(|_, _| false);
+        assert!(
+            book.get(&p1(), 4).is_none(),
+            "closed counters leave the open map"
+        );
+        assert_eq!(book.issued(&p1(), 4), 3);
+        assert!(
+            !c.quota.try_take(),
+            "a draw still holding it takes nothing more"
+        );
+        c.quota.give_back();
+        assert!(c.quota.try_take(), "only what was given back");
+        assert!(!c.quota.try_take());
+
+        let again = book.get_or_create(&p1(), 4, || 3);
+        assert_eq!((again.quota.issued(), again.quota.limit()), (3, 3));
+        assert!(!again.quota.try_take(), "the quota of 3 is used up");
+        // A raised quota allows exactly the difference.
+        book.retain(|_, _| false);
+        let raised = book.get_or_create(&p1(), 4, || 5);
+        assert_eq!(take_all(&raised), 2);
+        // A lowered one allows nothing, and the limit never drops below what was issued.
+        book.retain(|_, _| false);
+        let lowered = book.get_or_create(&p1(), 4, || 2);
+        assert_eq!((lowered.quota.issued(), lowered.quota.limit()), (5, 5));
+        // Other occurrences start from 0.
+        assert_eq!(take_all(&book.get_or_create(&p1(), 5, || 2)), 2);
+    }
+
+    #[test]
+    fn counts_restored_closed_at_start_up_seed_created_counters() {
+        let book = CounterBook::new();
+        book.restore_closed(p1(), 0, 3);
+        book.restore_closed(p1(), 1, 0);
+        assert!(book.get(&p1(), 0).is_none());
+        assert_eq!(book.issued(&p1(), 0), 3);
+        let c = book.get_or_create(&p1(), 0, || 4);
+        assert_eq!(take_all(&c), 1);
+        assert_eq!(take_all(&book.get_or_create(&p1(), 1, || 4)), 4);
+        // Only counts above 0 are kept, and a re-created counter's count leaves the closed map.
+        book.with_exclusive(|c| assert!(c.closed.is_empty(), "{:?}", c.closed));
     }
 }

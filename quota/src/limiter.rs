@@ -74,6 +74,19 @@ impl QuotaCounter {
             .map_err(|w| unpack_quota(w).0)
     }
 
+    /// Lowers the limit to what was issued, so nothing more can be taken (a give-back makes
+    /// room for one take again, never more); returns `issued`.
+    pub fn close(&self) -> u32 {
+        let w = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let (issued, _) = unpack_quota(w);
+                Some(pack_quota(issued, issued))
+            })
+            .unwrap_or_else(|w| w);
+        unpack_quota(w).0
+    }
+
     /// Prizes issued so far.
     pub fn issued(&self) -> u32 {
         unpack_quota(self.0.load(Ordering::Acquire)).0

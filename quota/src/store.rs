@@ -132,14 +132,14 @@ impl ConfigStore {
         persist: impl FnOnce(SeqNo, &Config) -> Result<(), E>,
     ) -> Result<Arc<Snapshot>, PublishError> {
         let _one_at_a_time = self.publishing.lock();
-        book.with_exclusive(|entries| {
+        book.with_exclusive(|counters| {
             // Lower limits first: each CAS refuses if `issued` already passed the new quota, so
             // a take racing on a counter handed out earlier cannot slip past the check. Raising
             // a limit waits until the config is durable; until the swap, draws see the smaller
             // of the two limits, which is the safe side.
             let mut lowered = Vec::new();
             let mut raised = Vec::new();
-            for ((prize, occurrence), counters) in entries {
+            for ((prize, occurrence), counters) in &counters.open {
                 let Some((field, quota, open_from)) = find_quota(&config, prize, now_ms) else {
                     continue;
                 };
@@ -162,6 +162,31 @@ impl ConfigStore {
                     });
                 }
                 lowered.push((counters, old));
+            }
+            // A closed counter this config opens again is created from its issued count, so
+            // that count binds the new quota just like an open counter's.
+            let mut quotas = std::collections::HashMap::new();
+            for (prize, by_occurrence) in &counters.closed {
+                let found = quotas
+                    .entry(prize)
+                    .or_insert_with(|| find_quota(&config, prize, now_ms));
+                let Some((field, quota, open_from)) = found else {
+                    continue;
+                };
+                let new = self.share.quota(*quota);
+                let reopened = by_occurrence
+                    .iter()
+                    .find(|&(&occurrence, &issued)| occurrence >= *open_from && issued > new);
+                if let Some((&occurrence, &issued)) = reopened {
+                    restore(&lowered);
+                    return Err(PublishError::QuotaBelowIssued {
+                        field: field.clone(),
+                        prize: prize.clone(),
+                        occurrence,
+                        quota: new,
+                        issued,
+                    });
+                }
             }
             let seq = SeqNo(self.current.load().seq.0 + 1);
             if let Err(e) = persist(seq, &config) {

@@ -269,16 +269,7 @@ impl Server {
         clock: Arc<ManualClock>,
         share: NodeShare,
     ) -> Server {
-        let settings = Settings {
-            config_path: config_path.to_path_buf(),
-            data_dir: data_dir.to_path_buf(),
-            admin_token: TOKEN.to_string(),
-            share,
-            seed: SEED,
-            delivery: Default::default(),
-            reconcile_every: Duration::from_secs(3600),
-            operators: operators(),
-        };
+        let settings = settings(config_path, data_dir, share);
         let app = Arc::new(open(&settings, clock.clone()).await);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -343,10 +334,32 @@ impl Drop for Server {
     }
 }
 
+/// The settings of every in-process test server, as node `share`.
+pub fn settings(config_path: &Path, data_dir: &Path, share: NodeShare) -> Settings {
+    Settings {
+        config_path: config_path.to_path_buf(),
+        data_dir: data_dir.to_path_buf(),
+        admin_token: TOKEN.to_string(),
+        share,
+        seed: SEED,
+        delivery: Default::default(),
+        reconcile_every: Duration::from_secs(3600),
+        operators: operators(),
+    }
+}
+
+/// [`try_open`] that must succeed.
+async fn open(settings: &Settings, clock: Arc<ManualClock>) -> App {
+    match try_open(settings, clock).await {
+        Ok(app) => app,
+        Err(e) => panic!("open failed: {e:#}"),
+    }
+}
+
 /// `server::open`, retried while RocksDB still reports the previous instance's lock: after the
 /// last `App` is dropped, the storage's group-commit thread closes the database on its own
 /// time and exposes no signal for it, so a reopen right after a stop may briefly see the lock.
-async fn open(settings: &Settings, clock: Arc<ManualClock>) -> App {
+pub async fn try_open(settings: &Settings, clock: Arc<ManualClock>) -> anyhow::Result<App> {
     let clock: Arc<dyn Clock> = clock;
     let mut last = None;
     for _ in 0..200 {
@@ -356,7 +369,6 @@ async fn open(settings: &Settings, clock: Arc<ManualClock>) -> App {
             .await
             .unwrap()
         {
-            Ok(app) => return app,
             Err(e) if format!("{e:#}").to_lowercase().contains("lock") => {
                 if last.is_none() {
                     eprintln!(
@@ -366,7 +378,7 @@ async fn open(settings: &Settings, clock: Arc<ManualClock>) -> App {
                 last = Some(e);
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            Err(e) => panic!("open failed: {e:#}"),
+            opened => return opened,
         }
     }
     panic!("the data dir stayed locked: {:#}", last.unwrap())
