@@ -14,11 +14,13 @@ use serde_json::json;
 use warp::http::{header, Response, StatusCode};
 use warp::{Buf, Filter, Rejection};
 
+use crate::delivery::RocksStore;
 use crate::drops::{DEFAULT_NEARBY, MAX_NEARBY};
 use crate::error::{parse_json, ApiError};
 use crate::server::App;
 use crate::service::{ClaimRequest, DrawRequest, WinRecord};
 use crate::storage::Cf;
+use redrain_delivery::record::Store;
 use redrain_geo::Coord;
 use std::collections::HashMap;
 
@@ -161,6 +163,15 @@ async fn redeliver(app: &App, win: &str, body: Result<Bytes, ApiError>) -> Resul
     let req: RedeliverRequest = parse_json(&body?)?;
     check_id(&req.user).map_err(|e| ApiError::field("user", e.to_string()))?;
     let id = delivery_id(win)?;
+    // Only an ask for the user's own win counts against the limit: a refused request (an
+    // unknown win, someone else's) changes nothing, and cannot use up the user's asks.
+    let own = RocksStore(app.service.storage.clone())
+        .load(id)
+        .map_err(ApiError::unavailable)?
+        .is_some_and(|rec| rec.user == req.user);
+    if !own {
+        return Err(ApiError::not_found("win", &id.to_string()));
+    }
     if !app.asks.allow(&req.user, app.service.clock.now_ms()) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -248,21 +248,32 @@ const MAX_ASKERS: usize = 100_000;
 
 /// At most `max` events per key in each window of `window_ms` (the window starts at a key's
 /// first event): "deliver it again" requests per user, login attempts per operator name.
-/// Tracks at most 100,000 keys; past that, a new key is refused rather than an old one
-/// forgotten early.
+///
+/// Tracks at most `capacity` keys (100,000 by default). A full table never refuses a key it
+/// has not seen (that would let anyone lock everyone out with made-up names): it drops the
+/// expired windows, and if still full, forgets the oldest tenth of the keys, keys still under
+/// their limit before keys at it, so a flood of new names must first push out everything else
+/// before a key being hammered is forgotten. Forgetting a key only gives it a fresh window.
 #[derive(Debug)]
 pub struct WindowLimiter {
     max: u32,
     window_ms: u64,
+    capacity: usize,
     keys: parking_lot::Mutex<HashMap<String, (u64, u32)>>,
 }
 
 impl WindowLimiter {
     /// A limiter of `max` events per `window_ms`.
     pub fn new(max: u32, window_ms: u64) -> Self {
+        Self::with_capacity(max, window_ms, MAX_ASKERS)
+    }
+
+    /// A limiter of `max` events per `window_ms` tracking at most `capacity` keys.
+    pub fn with_capacity(max: u32, window_ms: u64, capacity: usize) -> Self {
         Self {
             max,
             window_ms,
+            capacity: capacity.max(1),
             keys: Default::default(),
         }
     }
@@ -275,18 +286,30 @@ impl WindowLimiter {
     /// Counts one event of `key` at `now_ms`; `false` when the key is over the limit.
     pub fn allow(&self, key: &str, now_ms: u64) -> bool {
         let mut keys = self.keys.lock();
-        if keys.len() >= MAX_ASKERS && !keys.contains_key(key) {
-            keys.retain(|_, (start, _)| now_ms < *start + self.window_ms);
-            if keys.len() >= MAX_ASKERS {
-                return false;
-            }
+        if keys.len() >= self.capacity && !keys.contains_key(key) {
+            self.make_room(&mut keys, now_ms);
         }
         let entry = keys.entry(key.to_string()).or_insert((now_ms, 0));
         if now_ms >= entry.0 + self.window_ms {
             *entry = (now_ms, 0);
         }
-        entry.1 += 1;
+        entry.1 = entry.1.saturating_add(1);
         entry.1 <= self.max
+    }
+
+    /// Drops expired windows; if the table is still full, the oldest tenth (at least one key),
+    /// keys under their limit first. One pass per tenth of the capacity, so a flood of new keys
+    /// costs O(1) per key, amortized.
+    fn make_room(&self, keys: &mut HashMap<String, (u64, u32)>, now_ms: u64) {
+        keys.retain(|_, (start, _)| now_ms < *start + self.window_ms);
+        if keys.len() < self.capacity {
+            return;
+        }
+        let rank = |&(start, n): &(u64, u32)| (n >= self.max, start);
+        let mut ranks: Vec<(bool, u64)> = keys.values().map(rank).collect();
+        let nth = (ranks.len() / 10).min(ranks.len() - 1);
+        let (_, &mut cutoff, _) = ranks.select_nth_unstable(nth);
+        keys.retain(|_, v| rank(v) > cutoff);
     }
 }
 
@@ -303,5 +326,26 @@ mod tests {
         assert!(!l.allow("u", 1_001));
         assert!(l.allow("v", 1_001));
         assert!(l.allow("u", 1_000 + ASK_WINDOW_MS));
+    }
+
+    #[test]
+    fn a_full_table_admits_new_keys_and_keeps_the_blocked_ones() {
+        let l = WindowLimiter::with_capacity(2, 60_000, 100);
+        // "victim" is at its limit; 99 made-up keys fill the table.
+        assert!(l.allow("victim", 0) && l.allow("victim", 0));
+        for i in 0..99 {
+            assert!(l.allow(&format!("made-up-{i}"), 1 + i));
+        }
+        // Unseen keys are still admitted, and the table stays bounded.
+        for i in 0..1_000 {
+            assert!(l.allow(&format!("operator-{i}"), 200 + i), "operator-{i}");
+            assert!(l.keys.lock().len() <= 100);
+        }
+        // The blocked key was not the one forgotten: keys under their limit went first.
+        assert!(!l.allow("victim", 1_500));
+        // Expired windows go before anything else.
+        assert!(l.allow("late", 60_000 + 1_500));
+        assert!(l.keys.lock().len() <= 100);
+        assert!(l.allow("victim", 60_000 + 1_500));
     }
 }

@@ -580,6 +580,29 @@ async fn publish_refusals_leave_the_live_config_untouched() {
         (r.status, r.json()["code"].as_str()),
         (422, Some("invalid_config"))
     );
+    // An empty document would replace the live config with nothing: refused, naming the field.
+    for (body, content_type) in [
+        ("", "application/toml"),
+        ("   ", "application/toml"),
+        ("# just a comment", "application/toml"),
+        ("{}", "application/json"),
+    ] {
+        let r = publish(&mut c, body, content_type, Some(TOKEN)).await;
+        assert_eq!(
+            r.status,
+            422,
+            "{body:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let e = r.json();
+        assert_eq!(e["code"], "invalid_config", "{body:?}: {e}");
+        assert_eq!(e["errors"][0]["field"], "campaigns", "{body:?}: {e}");
+    }
+    assert_eq!(config_seq(&mut c).await, 2);
+    assert_eq!(
+        get_ok(&mut c, "/v1/rounds/rb").await["prizes"][0]["quota"],
+        3
+    );
 
     // JSON configs: the live one round-trips; a wrong type is named by its path.
     let auth = format!("Bearer {TOKEN}");

@@ -425,6 +425,24 @@ async fn no_account_defers_until_the_user_asks_again() {
     assert!(String::from_utf8_lossy(&r.body).contains("user"));
     let r = ask(&mut c, &ids[0], json!({"user": "someone-else"})).await;
     assert_eq!(r.status, 404, "only the winner may ask");
+    // Asks for a win that does not exist, or is someone else's, are refused and do not use up
+    // the user's asks.
+    for i in 0..redrain::delivery::MAX_ASKS {
+        let r = ask(&mut c, "000000000000000000000000", json!({"user": "u0"})).await;
+        assert_eq!(
+            r.status,
+            404,
+            "ask {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let r = ask(&mut c, &ids[0], json!({"user": "u1"})).await;
+        assert_eq!(
+            r.status,
+            404,
+            "ask {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
     assert_eq!(coupons.sim.summary().received, 10);
 
     assert!(coupons.sim.open_account("u0"));

@@ -61,8 +61,24 @@ impl Zones {
         for (i, f) in features.iter().enumerate() {
             let location = format!("features[{i}]");
             let shape = match f.geometry.as_ref().map(|g| &g.value) {
-                Some(v @ geojson::GeometryValue::Polygon { .. })
-                | Some(v @ geojson::GeometryValue::MultiPolygon { .. }) => {
+                Some(v @ geojson::GeometryValue::Polygon { coordinates }) => {
+                    check_polygon(coordinates, "geometry.coordinates").map_err(|problem| {
+                        ZonesError {
+                            location: location.clone(),
+                            problem,
+                        }
+                    })?;
+                    geo::Geometry::<f64>::try_from(v)
+                }
+                Some(v @ geojson::GeometryValue::MultiPolygon { coordinates }) => {
+                    for (k, polygon) in coordinates.iter().enumerate() {
+                        check_polygon(polygon, &format!("geometry.coordinates[{k}]")).map_err(
+                            |problem| ZonesError {
+                                location: location.clone(),
+                                problem,
+                            },
+                        )?;
+                    }
                     geo::Geometry::<f64>::try_from(v)
                 }
                 _ => {
@@ -132,6 +148,39 @@ impl Zones {
     }
 }
 
+/// Checks a polygon's rings as written: every position a valid `[longitude, latitude]` (as
+/// [`Coord::new`] checks a point), every ring closed with at least 4 positions (RFC 7946
+/// 3.1.6). `at` is the polygon's path, e.g. `geometry.coordinates`; a problem names the ring
+/// or position under it.
+fn check_polygon(rings: &[Vec<geojson::Position>], at: &str) -> Result<(), String> {
+    for (r, ring) in rings.iter().enumerate() {
+        for (k, position) in ring.iter().enumerate() {
+            match position.as_slice() {
+                [lng, lat, ..] => {
+                    Coord::new(*lat, *lng).map_err(|e| format!("{at}[{r}][{k}]: {e}"))?;
+                }
+                _ => {
+                    return Err(format!(
+                        "{at}[{r}][{k}]: a position needs a longitude and a latitude"
+                    ))
+                }
+            }
+        }
+        if ring.len() < 4 {
+            return Err(format!(
+                "{at}[{r}]: a ring needs at least 4 positions, got {}",
+                ring.len()
+            ));
+        }
+        if ring.first() != ring.last() {
+            return Err(format!(
+                "{at}[{r}]: a ring must end at the position it starts from"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +227,42 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.location, "features[0]");
         assert!(Zones::from_geojson("{").is_err());
+    }
+
+    #[test]
+    fn refuses_out_of_range_coordinates_and_bad_rings() {
+        let problem = |geometry: &str| {
+            let doc = format!(
+                r#"{{"type":"FeatureCollection","features":[
+                    {{"type":"Feature","properties":null,"geometry":{{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,0]]]}}}},
+                    {{"type":"Feature","properties":null,"geometry":{geometry}}}]}}"#
+            );
+            let e = Zones::from_geojson(&doc).unwrap_err();
+            assert_eq!(e.location, "features[1]", "{geometry}");
+            e.problem
+        };
+        assert_eq!(
+            problem(r#"{"type":"Polygon","coordinates":[[[0,0],[500,0],[1,1],[0,0]]]}"#),
+            "geometry.coordinates[0][1]: lng: 500 is outside -180..=180"
+        );
+        assert_eq!(
+            problem(r#"{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,-91],[0,0]]]}"#),
+            "geometry.coordinates[0][2]: lat: -91 is outside -90..=90"
+        );
+        assert_eq!(
+            problem(r#"{"type":"Polygon","coordinates":[[[0,0],[1,0]]]}"#),
+            "geometry.coordinates[0]: a ring needs at least 4 positions, got 2"
+        );
+        assert_eq!(
+            problem(r#"{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,1]]]}"#),
+            "geometry.coordinates[0]: a ring must end at the position it starts from"
+        );
+        assert_eq!(
+            problem(
+                r#"{"type":"MultiPolygon","coordinates":[[[[0,0],[1,0],[1,1],[0,0]]],
+                    [[[0,0],[1,0],[1,1],[0,0]],[[0.1,0.1],[0.2,0.1],[0.1,0.2]]]]}"#
+            ),
+            "geometry.coordinates[1][1]: a ring needs at least 4 positions, got 3"
+        );
     }
 }

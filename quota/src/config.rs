@@ -577,6 +577,14 @@ impl RawConfig {
     /// Validates into the engine's types, reporting every problem found.
     pub fn validate(&self) -> Result<Config, ConfigErrors> {
         let mut p = Problems(Vec::new());
+        // A config replaces the live one whole: an empty document (an empty body, `{}`, a file
+        // of comments) would publish "no campaigns" and stop every round and drop task.
+        if self.campaigns.is_empty() {
+            p.add("campaigns", "at least one campaign is required");
+        }
+        if self.rounds.is_empty() && self.drops.is_empty() {
+            p.add("rounds", "at least one round or drop task is required");
+        }
         if self.rounds.len() > MAX_ROUNDS {
             p.add(
                 "rounds",
@@ -1189,6 +1197,32 @@ mod tests {
         ] {
             assert!(errs.contains(&expected.to_string()), "{expected}: {errs:?}");
         }
+    }
+
+    #[test]
+    fn empty_config_is_refused() {
+        let expected = [
+            "campaigns: at least one campaign is required".to_string(),
+            "rounds: at least one round or drop task is required".to_string(),
+        ];
+        for text in ["", "   \n", "# just a comment\n"] {
+            assert_eq!(errors_of(text), expected, "{text:?}");
+        }
+        for json in [&b"{}"[..], b"{\"campaigns\": [], \"rounds\": []}"] {
+            let errs: Vec<String> = Config::from_json(json)
+                .unwrap_err()
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(errs, expected);
+        }
+        // A campaign and partner with nothing to draw is refused too.
+        let no_rounds = GOOD.split("[[rounds]]").next().unwrap();
+        assert_eq!(
+            errors_of(no_rounds),
+            ["rounds: at least one round or drop task is required"]
+        );
     }
 
     #[test]
