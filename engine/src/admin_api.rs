@@ -21,6 +21,7 @@ use crate::api::{
     delivery_error, delivery_id, error_reply, json_ok, pending_body, PendingBody, Reply,
 };
 use crate::error::{parse_json, ApiError};
+use crate::api::Segment;
 use crate::server::{App, PublishFailure};
 use crate::storage::{Cf, Op};
 use quota::store::PublishError;
@@ -187,10 +188,10 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
     });
     let map = api
         .clone()
-        .and(warp::path!("drops" / String / "map"))
+        .and(warp::path!("drops" / Segment / "map"))
         .and(warp::get())
         .and(query())
-        .then(|creds, app, task: String, q: HashMap<String, String>| {
+        .then(|creds, app, Segment(task): Segment, q: HashMap<String, String>| {
             answer(app, creds, Role::Viewer, |app, _| {
                 scan(app, move |app| drop_map(&app, &task, &q))
             })
@@ -209,9 +210,9 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
     );
     let redrive_one = api
         .clone()
-        .and(warp::path!("delivery" / String / "redrive"))
+        .and(warp::path!("delivery" / Segment / "redrive"))
         .and(warp::post())
-        .then(|creds, app, id: String| {
+        .then(|creds, app, Segment(id): Segment| {
             answer(app, creds, Role::Publisher, |app, who| async move {
                 let did = delivery_id(&id)?;
                 let rec = app
@@ -227,10 +228,10 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
     let redrive_dead = api
         .clone()
         .and(warp::path!(
-            "delivery" / "partners" / String / "redrive-dead"
+            "delivery" / "partners" / Segment / "redrive-dead"
         ))
         .and(warp::post())
-        .then(|creds, app, partner: String| {
+        .then(|creds, app, Segment(partner): Segment| {
             answer(app, creds, Role::Publisher, |app, who| async move {
                 let n = app
                     .service

@@ -35,6 +35,20 @@ pub const MAX_LISTED_WINS: usize = 1000;
 
 pub(crate) type Reply = Response<warp::hyper::body::Bytes>;
 
+/// A path segment, percent-decoded (`%3A` is `:`, as `encodeURIComponent` writes it). A segment
+/// that does not decode to UTF-8 matches no route.
+#[derive(Debug, Clone)]
+pub struct Segment(pub String);
+
+impl std::str::FromStr for Segment {
+    type Err = std::str::Utf8Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let decoded = percent_encoding::percent_decode_str(s).decode_utf8()?;
+        Ok(Segment(decoded.into_owned()))
+    }
+}
+
 /// Every route of the engine.
 pub fn routes(
     app: Arc<App>,
@@ -42,24 +56,24 @@ pub fn routes(
     let admin = crate::admin_api::routes(app.clone());
     let with_app = warp::any().map(move || app.clone());
 
-    let draw = warp::path!("v1" / "rounds" / String / "draw")
+    let draw = warp::path!("v1" / "rounds" / Segment / "draw")
         .and(warp::post())
         .and(with_app.clone())
         .and(body_limited(MAX_DRAW_BODY))
         .then(
-            |round: String, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
+            |Segment(round): Segment, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
                 let started = Instant::now();
                 let reply = draw(&app, &round, body).await;
                 app.service.metrics.draw_latency.observe(started.elapsed());
                 reply
             },
         );
-    let claim = warp::path!("v1" / "drops" / String / "claim")
+    let claim = warp::path!("v1" / "drops" / Segment / "claim")
         .and(warp::post())
         .and(with_app.clone())
         .and(body_limited(MAX_CLAIM_BODY))
         .then(
-            |drop: String, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
+            |Segment(drop): Segment, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
                 let started = Instant::now();
                 let result = async {
                     let req: ClaimRequest = parse_json(&body?)?;
@@ -78,10 +92,10 @@ pub fn routes(
         .and(warp::query::<HashMap<String, String>>())
         .and(with_app.clone())
         .map(|q: HashMap<String, String>, app: Arc<App>| timed(&app, || nearby(&app, &q)));
-    let region = warp::path!("v1" / "regions" / String)
+    let region = warp::path!("v1" / "regions" / Segment)
         .and(warp::get())
         .and(with_app.clone())
-        .map(|id: String, app: Arc<App>| timed(&app, || region(&app, &id)));
+        .map(|Segment(id): Segment, app: Arc<App>| timed(&app, || region(&app, &id)));
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| json_reply(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()));
@@ -89,14 +103,14 @@ pub fn routes(
         .and(warp::get())
         .and(with_app.clone())
         .map(|app: Arc<App>| timed(&app, || list_rounds(&app)));
-    let round = warp::path!("v1" / "rounds" / String)
+    let round = warp::path!("v1" / "rounds" / Segment)
         .and(warp::get())
         .and(with_app.clone())
-        .map(|id: String, app: Arc<App>| timed(&app, || show_round(&app, &id)));
-    let wins = warp::path!("v1" / "users" / String / "wins")
+        .map(|Segment(id): Segment, app: Arc<App>| timed(&app, || show_round(&app, &id)));
+    let wins = warp::path!("v1" / "users" / Segment / "wins")
         .and(warp::get())
         .and(with_app.clone())
-        .map(|user: String, app: Arc<App>| timed(&app, || user_wins(&app, &user)));
+        .map(|Segment(user): Segment, app: Arc<App>| timed(&app, || user_wins(&app, &user)));
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_app.clone())
@@ -112,12 +126,12 @@ pub fn routes(
                 .body(Bytes::from(text))
                 .expect("static headers are valid")
         });
-    let redeliver = warp::path!("v1" / "wins" / String / "redeliver")
+    let redeliver = warp::path!("v1" / "wins" / Segment / "redeliver")
         .and(warp::post())
         .and(with_app.clone())
         .and(body_limited(MAX_REDELIVER_BODY))
         .then(
-            |win: String, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
+            |Segment(win): Segment, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
                 let started = Instant::now();
                 let reply = redeliver(&app, &win, body)
                     .await
