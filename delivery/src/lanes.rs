@@ -23,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
+use quota::store::NodeShare;
 use rand::Rng;
 use rustc_hash::FxHashSet;
 use serde::Serialize;
@@ -59,9 +60,12 @@ pub struct PartnerSettings {
     pub id: String,
     /// Delivery endpoint.
     pub url: String,
-    /// Most requests a second.
+    /// Most requests a second, all engine nodes together; this node sends its part, split per
+    /// 100 ms slot by [`NodeShare::slot_room`].
     pub rate_per_s: u32,
-    /// Most requests in flight.
+    /// Which part of `rate_per_s` this node owns.
+    pub node: NodeShare,
+    /// Most requests in flight from this node.
     pub max_in_flight: u32,
     /// Per-request timeout (connect, send, answer).
     pub timeout_ms: u64,
@@ -88,9 +92,9 @@ pub struct LaneStats {
     pub overflowed: bool,
     /// Requests in flight.
     pub in_flight: u32,
-    /// Configured rate.
+    /// This node's part of the configured rate.
     pub rate_per_s: u32,
-    /// Rate it sends at now (lower after trouble).
+    /// Rate this node sends at now (lower after trouble).
     pub current_rate_per_s: u32,
     /// Deliveries the partner took.
     pub delivered: u64,
@@ -149,7 +153,7 @@ impl Lane {
             settings: ArcSwap::from_pointee(p.clone()),
             uri: ArcSwap::from_pointee(p.url.parse().ok()),
             queue: Mutex::new(LaneQueue::new(max_queued)),
-            throttle: Mutex::new(Throttle::new(p.rate_per_s)),
+            throttle: Mutex::new(Throttle::new(p.rate_per_s, p.node)),
             busy: Mutex::new(FxHashSet::default()),
             in_flight: AtomicU32::new(0),
             wake: Notify::new(),
@@ -355,7 +359,7 @@ impl Deliveries {
                     queued,
                     overflowed,
                     in_flight: lane.in_flight.load(Ordering::Relaxed),
-                    rate_per_s: throttle.rate_per_s(),
+                    rate_per_s: throttle.node_rate_per_s(),
                     current_rate_per_s: throttle.current_rate(),
                     delivered: lane.counts.delivered.load(Ordering::Relaxed),
                     failures: lane.counts.failures.load(Ordering::Relaxed),
@@ -748,6 +752,7 @@ mod tests {
             id: "p".into(),
             url: "http://127.0.0.1:1/deliver".into(),
             rate_per_s: 10, // one request in each 100 ms slot
+            node: NodeShare::ALONE,
             max_in_flight: 8,
             timeout_ms: 1000,
             paused: false,

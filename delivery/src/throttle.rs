@@ -2,23 +2,29 @@
 //!
 //! The partner's `rate_per_s` is split over the ten 100 ms slots of a second exactly as a
 //! prize's rate is ([`quota::limiter::slot_share`]): each second sums to the rate and no slot
-//! gets more than its share. Slots rather than GCRA because partners state (and measure) their
-//! limit per window, and a slot share is a hard bound per window: there is no burst allowance to
-//! tune and nothing to overshoot. Unused room does not carry over.
+//! gets more than its share. With several engine nodes each lane sends only its node's room in a
+//! slot ([`NodeShare::slot_room`]): the nodes' rooms in a slot sum exactly to the slot's share, so
+//! the partner never sees more from all nodes together. Slots rather than GCRA because partners
+//! state (and measure) their limit per window, and a slot share is a hard bound per window: there
+//! is no burst allowance to tune and nothing to overshoot. Unused room does not carry over.
 //!
 //! Two refinements keep the bound true at the receiver, not just at the sender:
 //! - **Tail carry.** A request started in the last [`GUARD_MS`] of a slot may land in the
 //!   receiver's next slot (transit, scheduling; sender and receiver read the same wall clock
 //!   on one host, and near enough across hosts for 100 ms windows). So it counts against both
 //!   slots: the next slot opens with those requests already used, and the tail of a slot may
-//!   not start more than the next slot's share. Whichever slot the receiver counts it in, no
-//!   slot sees more than its share, and a request due near a slot's end is not held back.
+//!   not start more than the next slot's room. Whichever slot the receiver counts it in, no
+//!   slot sees more than this node's room, and a request due near a slot's end is not held back.
 //! - **Slow-down.** A 429, a 5xx or a timeout halves the lane's rate (at most once per slot, so
-//!   one burst of failures counts once), down to 1/16 of the configured rate; `Retry-After`
-//!   stops the lane until then. Each later slot that sends without trouble gives back 1/32 of
-//!   the configured rate, so a lane at 1/16 is back to full speed in about 3 s of clean slots.
+//!   one burst of failures counts once), down to 1/16 of the node's configured rate;
+//!   `Retry-After` stops the lane until then. Each later slot that sends without trouble gives
+//!   back 1/32 of the configured rate, so a lane at 1/16 is back to full speed in about 3 s of
+//!   clean slots. A slowed lane still sends its current rate a second, but thins its full-speed
+//!   rooms rather than splitting the slower rate afresh: a slot's slowed room is never more than
+//!   its full-speed room, so a slowed node never takes room another node's lane counts on.
 
-use quota::limiter::{slot_of, slot_share, SLOT_MS};
+use quota::limiter::{slot_of, SLOTS_PER_S, SLOT_MS};
+use quota::store::NodeShare;
 
 /// Requests started in the last this many ms of a slot also count against the next slot.
 pub const GUARD_MS: u64 = 15;
@@ -34,10 +40,14 @@ pub const MAX_RETRY_AFTER_MS: u64 = 60_000;
 /// A lane's throttle. Not thread-safe on its own: one lane task owns it.
 #[derive(Debug, Clone)]
 pub struct Throttle {
+    /// The partner's rate, all engine nodes together.
     rate_per_s: u32,
+    /// This node's share of it.
+    node: NodeShare,
     speed: u32,
     slot: u64,
-    share: u32,
+    /// This slot's room at the speed it opened with.
+    room: u32,
     used: u32,
     /// Requests started in this slot's last [`GUARD_MS`].
     tail: u32,
@@ -46,13 +56,14 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// A throttle at full speed.
-    pub fn new(rate_per_s: u32) -> Self {
+    /// A throttle at full speed for `node`'s part of a partner's `rate_per_s` (all nodes).
+    pub fn new(rate_per_s: u32, node: NodeShare) -> Self {
         Throttle {
             rate_per_s,
+            node,
             speed: FULL,
             slot: u64::MAX,
-            share: 0,
+            room: 0,
             used: 0,
             tail: 0,
             slot_troubled: false,
@@ -60,22 +71,42 @@ impl Throttle {
         }
     }
 
-    /// Changes the configured rate; applies from the next slot.
+    /// Changes the partner's rate (all nodes); applies from the next slot.
     pub fn set_rate(&mut self, rate_per_s: u32) {
         self.rate_per_s = rate_per_s;
     }
 
-    /// The rate the lane sends at now (requests a second).
+    /// The rate this node's lane sends at now (requests a second).
     pub fn current_rate(&self) -> u32 {
-        if self.rate_per_s == 0 {
+        let node_rate = self.node_rate_per_s();
+        if node_rate == 0 {
             return 0;
         }
-        ((u64::from(self.rate_per_s) * u64::from(self.speed) / u64::from(FULL)) as u32).max(1)
+        ((u64::from(node_rate) * u64::from(self.speed) / u64::from(FULL)) as u32).max(1)
     }
 
-    /// The configured rate.
-    pub fn rate_per_s(&self) -> u32 {
-        self.rate_per_s
+    /// This node's part of the configured rate (requests a second).
+    pub fn node_rate_per_s(&self) -> u32 {
+        self.node.rate(self.rate_per_s)
+    }
+
+    /// The room of `slot` at the current speed: the node's full-speed rooms of the second,
+    /// thinned evenly to the current rate. Through any slot of a second it has sent
+    /// ⌊(full-speed room so far) · current / full rate⌋, so a second at one speed sums to the
+    /// current rate and no slot's room passes its full-speed room (⌊a·x⌋ − ⌊b·x⌋ ≤ a − b for x ≤ 1).
+    fn room(&self, slot: u64) -> u32 {
+        let (full, current) = (
+            u64::from(self.node_rate_per_s()),
+            u64::from(self.current_rate()),
+        );
+        if full == 0 {
+            return 0;
+        }
+        let j = slot % SLOTS_PER_S;
+        let through = |slots| {
+            u64::from(self.node.room_in_first_slots(self.rate_per_s, slots)) * current / full
+        };
+        (through(j + 1) - through(j)) as u32
     }
 
     /// Moves to `now_ms`'s slot; a time from an earlier slot (read before another thread moved
@@ -95,7 +126,7 @@ impl Throttle {
             0
         };
         self.slot = slot;
-        self.share = slot_share(self.current_rate(), slot);
+        self.room = self.room(slot);
         self.used = carried;
         self.tail = 0;
         self.slot_troubled = false;
@@ -109,11 +140,11 @@ impl Throttle {
         }
         let now_ms = self.open(now_ms);
         let next_slot = (self.slot + 1) * SLOT_MS;
-        if self.used >= self.share {
+        if self.used >= self.room {
             return Err(next_slot);
         }
         if now_ms + GUARD_MS >= next_slot {
-            if self.tail >= slot_share(self.current_rate(), self.slot + 1) {
+            if self.tail >= self.room(self.slot + 1) {
                 return Err(next_slot);
             }
             self.tail += 1;
@@ -141,10 +172,13 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quota::limiter::slot_share;
+
+    const ALONE: NodeShare = NodeShare::ALONE;
 
     #[test]
     fn a_second_sends_exactly_the_rate_in_slot_shares() {
-        let mut t = Throttle::new(25);
+        let mut t = Throttle::new(25, ALONE);
         let mut per_slot = [0u32; 10];
         for ms in 0..1000 {
             while t.try_take(ms).is_ok() {
@@ -159,7 +193,7 @@ mod tests {
 
     #[test]
     fn requests_started_in_a_slots_tail_count_against_the_next_slot() {
-        let mut t = Throttle::new(50); // 5 per slot
+        let mut t = Throttle::new(50, ALONE); // 5 per slot
         for _ in 0..3 {
             t.try_take(100 - GUARD_MS).unwrap();
         }
@@ -168,8 +202,8 @@ mod tests {
             next += 1;
         }
         assert_eq!(next, 2, "the tail's 3 already used the next slot's 5");
-        // A slot's tail never starts more than the next slot's share.
-        let mut t = Throttle::new(50);
+        // A slot's tail never starts more than the next slot's room.
+        let mut t = Throttle::new(50, ALONE);
         let mut tail = 0;
         while t.try_take(1_000 - GUARD_MS).is_ok() {
             tail += 1;
@@ -177,9 +211,44 @@ mod tests {
         assert_eq!(tail, 5);
     }
 
+    /// Rate 10 over 2 nodes used to give each node 5 a second split as `slot_share(5, j)`: both
+    /// nodes sent in every odd slot, 2 where the partner allows 1.
+    #[test]
+    fn two_nodes_together_send_each_slots_share_once() {
+        let mut nodes = [0, 1].map(|i| Throttle::new(10, NodeShare::new(i, 2).unwrap()));
+        let mut per_slot = [0u32; 10];
+        for ms in 0..1000 {
+            for t in &mut nodes {
+                while t.try_take(ms).is_ok() {
+                    per_slot[(ms / 100) as usize] += 1;
+                }
+            }
+        }
+        assert_eq!(per_slot, [1; 10]);
+    }
+
+    #[test]
+    fn a_slowed_lane_sends_its_current_rate_within_its_full_speed_rooms() {
+        let node = NodeShare::new(1, 3).unwrap();
+        let mut t = Throttle::new(95, node); // 32 a second on this node
+        t.trouble(999, None); // slowed to 16 a second from the next second
+        let mut per_slot = [0u32; 10];
+        for ms in 1000..2000 {
+            while t.try_take(ms).is_ok() {
+                per_slot[(ms % 1000 / 100) as usize] += 1;
+            }
+        }
+        // Clean slots give speed back as the second goes on: between the slowed and full rate.
+        let sent = per_slot.iter().sum::<u32>();
+        assert!((16..32).contains(&sent), "{per_slot:?}");
+        for (j, n) in per_slot.iter().enumerate() {
+            assert!(*n <= node.slot_room(95, j as u64), "slot {j}: {per_slot:?}");
+        }
+    }
+
     #[test]
     fn trouble_halves_once_per_slot_and_clean_slots_recover() {
-        let mut t = Throttle::new(1000);
+        let mut t = Throttle::new(1000, ALONE);
         t.trouble(5, None);
         t.trouble(6, None);
         assert_eq!(t.current_rate(), 500);
@@ -200,7 +269,7 @@ mod tests {
 
     #[test]
     fn a_time_from_an_earlier_slot_never_reopens_it() {
-        let mut t = Throttle::new(50); // 5 per slot
+        let mut t = Throttle::new(50, ALONE); // 5 per slot
         for _ in 0..5 {
             t.try_take(250).unwrap();
         }
@@ -216,7 +285,7 @@ mod tests {
 
     #[test]
     fn retry_after_stops_the_lane_until_then() {
-        let mut t = Throttle::new(1000);
+        let mut t = Throttle::new(1000, ALONE);
         t.trouble(1_000, Some(2_000));
         assert_eq!(t.try_take(2_500), Err(3_000));
         assert!(t.try_take(3_000).is_ok());

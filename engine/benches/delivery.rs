@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use quota::store::NodeShare;
 use redrain::delivery::{record_ops, RocksStore};
 use redrain::metrics::resident_bytes;
 use redrain::storage::Storage;
@@ -115,6 +116,7 @@ fn settings(id: &str, addr: SocketAddr, rate_per_s: u32, max_in_flight: u32) -> 
         id: id.into(),
         url: format!("http://{addr}/deliver"),
         rate_per_s,
+        node: NodeShare::ALONE,
         max_in_flight,
         timeout_ms: 2_000,
         paused: false,

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use quota::config::{format_ms, Campaign, Config, PrizeKind, Round};
 use quota::ids::check_id;
+use quota::limiter::SLOTS_PER_S;
 use quota::schedule::{Occurrence, RoundStatus};
 use serde::Serialize;
 use serde_json::json;
@@ -323,9 +324,13 @@ fn show_round(app: &App, id: &str) -> Result<Reply, ApiError> {
         .iter()
         .zip(issued)
         .map(|(p, issued)| {
+            let rooms: Vec<u32> = (0..SLOTS_PER_S)
+                .map(|j| share.slot_room(p.rate_per_s, j))
+                .collect();
             let mut v = json!({
                 "id": p.id, "quota": p.quota, "issued": issued, "rate_per_s": p.rate_per_s,
                 "node_quota": share.quota(p.quota), "node_rate_per_s": share.rate(p.rate_per_s),
+                "node_slot_rooms": rooms,
                 "weight": p.weight, "paused": p.paused, "partner": snap.config.partners[p.partner].id,
             });
             match &p.kind {

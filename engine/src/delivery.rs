@@ -170,7 +170,8 @@ impl Default for DeliverySettings {
 
 impl DeliverySettings {
     /// Each configured partner's lane settings on a node owning `share` of every rate: the
-    /// nodes' lanes together never pass a partner's rate or in-flight cap.
+    /// nodes' lanes together never pass a partner's share of any 100 ms slot (each lane sends its
+    /// node's room in the slot) nor its in-flight cap.
     pub fn partners(&self, config: &Config, share: NodeShare) -> Vec<PartnerSettings> {
         config
             .partners
@@ -178,7 +179,8 @@ impl DeliverySettings {
             .map(|p| PartnerSettings {
                 id: p.id.to_string(),
                 url: p.url.clone(),
-                rate_per_s: share.rate(p.rate_per_s),
+                rate_per_s: p.rate_per_s,
+                node: share,
                 max_in_flight: share.rate(p.max_in_flight),
                 timeout_ms: p.timeout_ms.into(),
                 paused: p.paused,

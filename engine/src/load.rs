@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use hdrhistogram::Histogram;
-use quota::limiter::{slot_of, slot_share};
+use quota::limiter::{slot_of, slot_share, SLOTS_PER_S};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -491,7 +491,8 @@ async fn check(
         bail!("GET /v1/rounds/{round}: {}", info.status);
     }
     let info = info.json();
-    let mut limits: HashMap<String, (u64, u32)> = HashMap::new();
+    // Per prize: this node's quota, and its room in each slot of a second.
+    let mut limits: HashMap<String, (u64, Vec<u32>)> = HashMap::new();
     for p in info["prizes"].as_array().into_iter().flatten() {
         let id = p["id"].as_str().unwrap_or_default().to_string();
         let (quota, issued) = (
@@ -501,13 +502,16 @@ async fn check(
         if issued > quota {
             failures.push(format!("prize {id}: issued {issued} > quota {quota}"));
         }
-        limits.insert(
-            id,
-            (
-                p["node_quota"].as_u64().unwrap_or(0),
-                p["node_rate_per_s"].as_u64().unwrap_or(0) as u32,
-            ),
-        );
+        // An engine that does not list its slot rooms splits its node's rate evenly.
+        let node_rate = p["node_rate_per_s"].as_u64().unwrap_or(0) as u32;
+        let rooms = match p["node_slot_rooms"].as_array() {
+            Some(rooms) => rooms
+                .iter()
+                .map(|r| r.as_u64().unwrap_or(0) as u32)
+                .collect(),
+            None => (0..SLOTS_PER_S).map(|j| slot_share(node_rate, j)).collect(),
+        };
+        limits.insert(id, (p["node_quota"].as_u64().unwrap_or(0), rooms));
     }
 
     let mut per_occurrence: HashMap<(&str, u64), u64> = HashMap::new();
@@ -534,11 +538,14 @@ async fn check(
         }
     }
     for ((prize, slot), n) in &per_slot {
-        if let Some((_, rate)) = limits.get(*prize) {
-            let share = slot_share(*rate, *slot);
-            if *n > share {
+        if let Some((_, rooms)) = limits.get(*prize) {
+            let room = rooms
+                .get((slot % SLOTS_PER_S) as usize)
+                .copied()
+                .unwrap_or(0);
+            if *n > room {
                 failures.push(format!(
-                    "prize {prize} slot {slot}: {n} wins > share {share} of {rate}/s"
+                    "prize {prize} slot {slot}: {n} wins > the node's room {room} in it"
                 ));
             }
         }

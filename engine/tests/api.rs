@@ -1888,11 +1888,16 @@ async fn a_node_issues_only_its_share_of_quota_and_rate() {
         draw_ok(&mut c, "small", "b", "1", 20).await["outcome"],
         "none"
     );
+    // Its room in each slot is its part of the slot's share of 15 (units of the second dealt to
+    // the nodes in turn), so the three nodes together never pass a slot's share.
+    let rooms: Vec<u32> = (0..10).map(|j| share.slot_room(15, j)).collect();
+    assert_eq!(rooms, [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]);
+    assert_eq!(v["prizes"][0]["node_slot_rooms"], json!(rooms), "{v}");
     let mut total = 0;
     for s in 0..10 {
         server.clock.set(base + s * 100);
         let n = wins_in(&draw_ok(&mut c, "fast", &format!("u{s}"), "1", 20).await).len() as u32;
-        assert_eq!(n, slot_share(5, slot_of(base + s * 100)), "slot {s}");
+        assert_eq!(n, share.slot_room(15, slot_of(base + s * 100)), "slot {s}");
         total += n;
     }
     assert_eq!(total, 5, "the node's rate is its share of 15 a second");

@@ -132,7 +132,7 @@ async fn every_check_fails_against_an_engine_that_lies() {
     for expected in [
         "prize p: issued 5 > quota 1",
         "wins received > node quota 1",
-        "wins > share 1 of 10/s",
+        "wins > the node's room 1 in it",
         "> round cap 1",
         "was acknowledged but is not listed",
     ] {

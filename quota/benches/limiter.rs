@@ -15,12 +15,17 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use quota::book::CounterBook;
 use quota::ids::PrizeId;
 use quota::limiter::{PrizeCounters, QuotaCounter, SlotLimiter};
+use quota::store::NodeShare;
 
 /// A time well inside any slot tag's range.
 const T0: u64 = 1_900_000_000_000;
 
-/// A rate whose slot share (200,000) is far above the 100 takes a slot sees at 1 ms a take.
+/// A rate whose slot share (200,000; [`NODE`]'s room about 66,667) is far above the 100 takes a
+/// slot sees at 1 ms a take.
 const BIG_RATE: u32 = 2_000_000;
+
+/// Node 1 of 3: a slot opens with this node's part of the share, the cluster's path.
+const NODE: NodeShare = NodeShare { index: 1, count: 3 };
 
 /// Times `iters` calls of `op(state, i)`, on a state from `fresh` every `chunk` calls (state
 /// creation is not timed), and checks that every call returned `want`.
@@ -67,7 +72,7 @@ fn counters(c: &mut Criterion) {
     });
 
     // Slot CAS with room left: the clock advances 1 ms a take, so 100 takes a slot against a
-    // share of 200,000; one take in a hundred opens the next slot. A fresh limiter every 10^9
+    // room of about 66,667; one take in a hundred opens the next slot. A fresh limiter every 10^9
     // takes (~11.6 days of clock) keeps the clock far from the slot tag's ~310-day wrap.
     g.bench_function("slot_take", |b| {
         b.iter_custom(|iters| {
@@ -75,7 +80,7 @@ fn counters(c: &mut Criterion) {
                 iters,
                 1_000_000_000,
                 SlotLimiter::default,
-                |s, i| s.try_take(T0 + i, BIG_RATE),
+                |s, i| s.try_take(T0 + i, BIG_RATE, NODE),
                 true,
             )
         });
@@ -89,10 +94,10 @@ fn counters(c: &mut Criterion) {
                 u64::MAX,
                 || {
                     let full = SlotLimiter::default();
-                    assert!(full.try_take(T0, 10));
+                    assert!(full.try_take(T0, 10, NodeShare::ALONE));
                     full
                 },
-                |s, _| s.try_take(T0, 10),
+                |s, _| s.try_take(T0, 10, NodeShare::ALONE),
                 false,
             )
         });
@@ -105,7 +110,7 @@ fn counters(c: &mut Criterion) {
                 iters,
                 quota_chunk,
                 || PrizeCounters::new(0, u32::MAX),
-                |p, i| p.try_take(T0 + i, BIG_RATE).is_ok(),
+                |p, i| p.try_take(T0 + i, BIG_RATE, NODE).is_ok(),
                 true,
             )
         });
@@ -129,7 +134,7 @@ fn counters(c: &mut Criterion) {
                 },
                 |book, i| {
                     book.get_or_create(&ids[0], 0, || u32::MAX)
-                        .try_take(T0 + i, BIG_RATE)
+                        .try_take(T0 + i, BIG_RATE, NODE)
                         .is_ok()
                 },
                 true,

@@ -320,7 +320,7 @@ pub fn plan<R: Rng + ?Sized>(
     let mut taker = |index: usize| {
         let prize = &round.prizes[index];
         let counters = book.get_or_create(&prize.id, occ.index, || store.limit_of(&prize.id));
-        let result = counters.try_take(now_ms, share.rate(prize.rate_per_s));
+        let result = counters.try_take(now_ms, prize.rate_per_s, share);
         match result {
             Ok(()) => taken.push((index, counters)),
             Err(Refusal::Slot) => slot_refusals += 1,

@@ -2,13 +2,17 @@
 //!
 //! A [`QuotaCounter`] packs `issued` and `limit` into one atomic word so that a take and a
 //! limit change (a publish) can never interleave into an over-issue. A [`SlotLimiter`] packs the
-//! current slot, that slot's share and the room used into one word; the share is fixed when the
-//! slot opens, so a rate change applies from the next slot.
+//! current slot, that slot's room and the room used into one word; the room is fixed when the
+//! slot opens, so a rate change applies from the next slot. With several nodes a slot's room is
+//! this node's part of the slot's share ([`NodeShare::slot_room`]), so the nodes together never
+//! pass the share.
 //!
 //! Unused room in a slot does **not** carry over to later slots: a quiet slot is lost, so a
 //! burst after a lull can never exceed the configured share.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::store::NodeShare;
 
 /// Length of a slot.
 pub const SLOT_MS: u64 = 100;
@@ -106,7 +110,7 @@ fn unpack_quota(w: u64) -> (u32, u32) {
     ((w >> HALF) as u32, (w & LOW) as u32)
 }
 
-/// Room per 100 ms slot for one prize.
+/// Room per 100 ms slot for one prize on one node.
 #[derive(Debug, Default)]
 pub struct SlotLimiter(AtomicU64);
 
@@ -119,10 +123,11 @@ const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 pub const MAX_SLOT_SHARE: u32 = FIELD_MASK as u32;
 
 impl SlotLimiter {
-    /// Takes one unit of room in the slot containing `now_ms`, opening that slot with the share
-    /// of `rate_per_s` if it is new. A caller whose clock reading lags a slot that already opened
-    /// is refused, so an old slot is never reopened.
-    pub fn try_take(&self, now_ms: u64, rate_per_s: u32) -> bool {
+    /// Takes one unit of room in the slot containing `now_ms`, opening that slot with `node`'s
+    /// room in it ([`NodeShare::slot_room`]) of `rate_per_s`, the rate of all nodes together, if
+    /// it is new. A caller whose clock reading lags a slot that already opened is refused, so an
+    /// old slot is never reopened.
+    pub fn try_take(&self, now_ms: u64, rate_per_s: u32, node: NodeShare) -> bool {
         let slot = slot_of(now_ms);
         let tag = slot & TAG_MASK;
         self.0
@@ -132,7 +137,7 @@ impl SlotLimiter {
                 let (share, used) = if ahead == 0 && w != 0 {
                     (share, used)
                 } else if ahead < TAG_MASK / 2 || w == 0 {
-                    (slot_share(rate_per_s, slot).min(MAX_SLOT_SHARE), 0)
+                    (node.slot_room(rate_per_s, slot).min(MAX_SLOT_SHARE), 0)
                 } else {
                     return None; // a stale reading of an older slot
                 };
@@ -193,12 +198,13 @@ pub enum Refusal {
 }
 
 impl PrizeCounters {
-    /// Takes one prize at `now_ms` if both the slot and the quota have room.
+    /// Takes one prize at `now_ms` if both the slot (`node`'s room in it of `rate_per_s`, the
+    /// prize's rate over all nodes) and the quota have room.
     ///
     /// The slot is checked first: it refuses most often and costs nothing to give up; a slot
     /// unit spent on an exhausted quota is harmless because that prize cannot be won anyway.
-    pub fn try_take(&self, now_ms: u64, rate_per_s: u32) -> Result<(), Refusal> {
-        if !self.slots.try_take(now_ms, rate_per_s) {
+    pub fn try_take(&self, now_ms: u64, rate_per_s: u32, node: NodeShare) -> Result<(), Refusal> {
+        if !self.slots.try_take(now_ms, rate_per_s, node) {
             return Err(Refusal::Slot);
         }
         if !self.quota.try_take() {
@@ -211,6 +217,8 @@ impl PrizeCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ALONE: NodeShare = NodeShare::ALONE;
 
     #[test]
     fn shares_sum_to_rate_and_spread_evenly() {
@@ -241,23 +249,26 @@ mod tests {
     fn slot_refuses_past_share_and_reopens_next_slot() {
         let s = SlotLimiter::default();
         // rate 15: slot 0 share 1, slot 1 share 2
-        assert!(s.try_take(1_000_000, 15));
-        assert!(!s.try_take(1_000_050, 15));
-        assert!(s.try_take(1_000_100, 15));
-        assert!(s.try_take(1_000_150, 15));
-        assert!(!s.try_take(1_000_199, 15));
+        assert!(s.try_take(1_000_000, 15, ALONE));
+        assert!(!s.try_take(1_000_050, 15, ALONE));
+        assert!(s.try_take(1_000_100, 15, ALONE));
+        assert!(s.try_take(1_000_150, 15, ALONE));
+        assert!(!s.try_take(1_000_199, 15, ALONE));
         // a lagging reader of the older slot is refused, never reopening it
-        assert!(!s.try_take(1_000_099, 15));
+        assert!(!s.try_take(1_000_099, 15, ALONE));
     }
 
     #[test]
     fn rate_change_applies_from_next_slot() {
         let s = SlotLimiter::default();
-        assert!(s.try_take(500, 10)); // share 1 for this slot
-        assert!(!s.try_take(510, 1000), "the open slot keeps its share");
+        assert!(s.try_take(500, 10, ALONE)); // share 1 for this slot
+        assert!(
+            !s.try_take(510, 1000, ALONE),
+            "the open slot keeps its share"
+        );
         for _ in 0..100 {
-            assert!(s.try_take(600, 1000));
+            assert!(s.try_take(600, 1000, ALONE));
         }
-        assert!(!s.try_take(600, 1000));
+        assert!(!s.try_take(600, 1000, ALONE));
     }
 }

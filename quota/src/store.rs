@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use crate::book::CounterBook;
 use crate::config::Config;
 use crate::ids::{PrizeId, SeqNo};
+use crate::limiter::SLOTS_PER_S;
 
 /// A published config with its sequence number.
 #[derive(Debug)]
@@ -20,6 +21,13 @@ pub struct Snapshot {
 }
 
 /// Which share of every quota and rate this node owns when several run behind a balancer.
+///
+/// Rates are split per 100 ms slot, not per second: [`slot_room`](Self::slot_room) is the one
+/// place a node's room in a slot comes from (the draw's [`SlotLimiter`] and the delivery
+/// throttle both use it), so the nodes' rooms in any slot sum exactly to that slot's share of
+/// the rate.
+///
+/// [`SlotLimiter`]: crate::limiter::SlotLimiter
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeShare {
     /// This node's index, `0..count`.
@@ -30,11 +38,14 @@ pub struct NodeShare {
 
 impl Default for NodeShare {
     fn default() -> Self {
-        Self { index: 0, count: 1 }
+        Self::ALONE
     }
 }
 
 impl NodeShare {
+    /// A node running alone: it owns every quota and rate whole.
+    pub const ALONE: NodeShare = NodeShare { index: 0, count: 1 };
+
     /// A validated share.
     pub fn new(index: u32, count: u32) -> Option<Self> {
         (count >= 1 && index < count).then_some(Self { index, count })
@@ -51,9 +62,39 @@ impl NodeShare {
         self.of(total).min(u64::from(u32::MAX)) as u32
     }
 
-    /// This node's part of a rate.
+    /// This node's part of a rate, a second: the sum of its ten [`slot_room`](Self::slot_room)s.
     pub fn rate(&self, total: u32) -> u32 {
         self.of(u64::from(total)) as u32
+    }
+
+    /// This node's room in slot `slot` (only its place in the second counts) of `rate_per_s`
+    /// shared by all nodes: its part of the slot's share,
+    /// [`slot_share`](crate::limiter::slot_share)`(rate_per_s, slot)`.
+    ///
+    /// The rate's units of a second are numbered slot by slot and dealt to the nodes in turn
+    /// (unit `k` to node `k % count`), so a slot's remainder goes to the nodes next in turn,
+    /// rotating with the slot and the node index. Hence:
+    /// - in every slot the nodes' rooms sum exactly to the slot's share, so no node's room
+    ///   passes it and the nodes together never do;
+    /// - a node's ten rooms sum to [`rate`](Self::rate)`(rate_per_s)`, and the nodes' seconds
+    ///   to the rate;
+    /// - a node's rooms within a second differ by at most one.
+    ///
+    /// Splitting the node's part of the second instead (`slot_share(rate(r), j)`) would put
+    /// every node's remainder in the same slots, past the slot's share.
+    pub fn slot_room(&self, rate_per_s: u32, slot: u64) -> u32 {
+        let j = slot % SLOTS_PER_S;
+        self.room_in_first_slots(rate_per_s, j + 1) - self.room_in_first_slots(rate_per_s, j)
+    }
+
+    /// This node's room in the first `slots` (0..=10) slots of a second of `rate_per_s`.
+    pub fn room_in_first_slots(&self, rate_per_s: u32, slots: u64) -> u32 {
+        debug_assert!(slots <= SLOTS_PER_S);
+        // Units of the second dealt before slot `slots`: the sum of those slots' shares.
+        let dealt = slots * u64::from(rate_per_s) / SLOTS_PER_S;
+        let (n, i) = (u64::from(self.count), u64::from(self.index));
+        // How many of 0..dealt are ≡ i (mod n).
+        ((dealt + n - 1 - i) / n) as u32
     }
 }
 
@@ -228,4 +269,60 @@ fn find_quota(config: &Config, prize: &PrizeId, now_ms: u64) -> Option<(String, 
 /// Whether the counters of `prize` in `occurrence` can still be drawn from under `config`.
 pub fn counter_is_open(config: &Config, prize: &PrizeId, occurrence: u64, now_ms: u64) -> bool {
     find_quota(config, prize, now_ms).is_some_and(|(_, _, open_from)| occurrence >= open_from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::slot_share;
+
+    fn nodes(count: u32) -> impl Iterator<Item = NodeShare> {
+        (0..count).map(move |index| NodeShare::new(index, count).unwrap())
+    }
+
+    /// The reviewers' cases: splitting each node's part of the second over the slots put every
+    /// node's remainder in the same slots (rate 10 on 3 nodes: 4/3/3 a second, all three with a
+    /// unit in slot 9; rate 10 on 2 nodes: 5 a second each, both in every odd slot).
+    #[test]
+    fn nodes_together_never_pass_a_slots_share() {
+        for (rate, count) in [(10, 3), (10, 2)] {
+            for j in 0..SLOTS_PER_S {
+                let rooms: Vec<u32> = nodes(count).map(|n| n.slot_room(rate, j)).collect();
+                assert_eq!(
+                    rooms.iter().sum::<u32>(),
+                    slot_share(rate, j),
+                    "slot {j}: {rooms:?}"
+                );
+            }
+        }
+        // Every small rate on up to 8 nodes, where the remainders matter most.
+        for rate in 0..=400 {
+            for count in 1..=8 {
+                for j in 0..SLOTS_PER_S {
+                    let sum: u32 = nodes(count).map(|n| n.slot_room(rate, j)).sum();
+                    assert_eq!(
+                        sum,
+                        slot_share(rate, j),
+                        "rate {rate}, {count} nodes, slot {j}"
+                    );
+                }
+                for n in nodes(count) {
+                    let second: u32 = (0..SLOTS_PER_S).map(|j| n.slot_room(rate, j)).sum();
+                    assert_eq!(second, n.rate(rate), "rate {rate}, {n:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_alone_has_the_whole_slot_share() {
+        for rate in [0, 1, 7, 15, 99, 1001] {
+            for slot in 0..30 {
+                assert_eq!(
+                    NodeShare::ALONE.slot_room(rate, slot),
+                    slot_share(rate, slot)
+                );
+            }
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! Property tests for the invariants `quota` owns: slot shares, the 100 ms slot limiter, quota
+//! Property tests for the invariants `quota` owns: slot shares and their split over nodes, the
+//! 100 ms slot limiter (alone and one per node), quota
 //! counters, the draw's fall-through and caps, concurrent planning against the counter book, and
 //! publishing into the config store.
 //!
@@ -235,6 +236,35 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(5_000))]
+
+    /// In every slot the nodes' rooms sum exactly to the slot's share (so none passes it), each
+    /// node's second sums to its rate, the nodes' seconds to the rate, and a node's rooms within a
+    /// second differ by at most one.
+    #[test]
+    fn node_rooms_sum_exactly_to_each_slots_share(
+        rate in prop_oneof![0u32..=2_000_000, 0u32..=200],
+        count in 1u32..=16,
+        slot in 0u64..20_000_000_000,
+    ) {
+        let nodes: Vec<NodeShare> = (0..count).map(|i| NodeShare::new(i, count).unwrap()).collect();
+        let share = slot_share(rate, slot);
+        let rooms: Vec<u32> = nodes.iter().map(|n| n.slot_room(rate, slot)).collect();
+        prop_assert_eq!(rooms.iter().sum::<u32>(), share, "rooms {:?}", rooms);
+        prop_assert!(rooms.iter().all(|&r| r <= share), "rooms {:?} > share {}", rooms, share);
+        let mut seconds = 0u64;
+        for n in &nodes {
+            let second: Vec<u32> = (0..10).map(|j| n.slot_room(rate, slot / 10 * 10 + j)).collect();
+            prop_assert_eq!(second.iter().sum::<u32>(), n.rate(rate), "{:?}: {:?}", n, second);
+            let (lo, hi) = (second.iter().min().unwrap(), second.iter().max().unwrap());
+            prop_assert!(hi - lo <= 1, "{:?}: {:?}", n, second);
+            seconds += u64::from(n.rate(rate));
+        }
+        prop_assert_eq!(seconds, u64::from(rate));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. The slot limiter, one caller
 // ---------------------------------------------------------------------------------------------
@@ -297,7 +327,7 @@ proptest! {
         let mut now = start;
         for gap in gaps {
             now += gap;
-            let ok = limiter.try_take(now, rate);
+            let ok = limiter.try_take(now, rate, NodeShare::ALONE);
             let t = tally.entry(slot_of(now)).or_default();
             t.attempts += 1;
             t.taken += u32::from(ok);
@@ -348,7 +378,7 @@ proptest! {
             }
             let rate = rates[rate_at];
             let slot = slot_of(now);
-            let ok = limiter.try_take(now, rate);
+            let ok = limiter.try_take(now, rate, NodeShare::ALONE);
             prop_assert_eq!(ok, model.try_take(now, rate), "take at {} (slot {}, rate {})", now, slot, rate);
             if ok {
                 prop_assert!(newest_taken.is_none_or(|n| n <= slot), "slot {} granted after slot {:?}", slot, newest_taken);
@@ -399,7 +429,7 @@ proptest! {
                                 barrier.wait();
                                 let (attempts, offset) = per_thread[t];
                                 let now = slot * SLOT_MS + offset;
-                                (0..attempts).filter(|_| limiter.try_take(now, rate)).count() as u32
+                                (0..attempts).filter(|_| limiter.try_take(now, rate, NodeShare::ALONE)).count() as u32
                             })
                             .collect::<Vec<u32>>()
                     })
@@ -415,6 +445,54 @@ proptest! {
         let last = *slots.last().unwrap();
         let expected_last: u32 = taken.iter().map(|per_phase| per_phase[phases.len() - 1]).sum();
         prop_assert_eq!(limiter.used_in(last * SLOT_MS), expected_last);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// One limiter per node, each asked in turn at readings in time order: each node's slot
+    /// grants exactly min(attempts, its room), and the nodes together never more than the slot's
+    /// share of the prize's rate; saturated, exactly the share.
+    #[test]
+    fn node_limiters_together_grant_at_most_each_slots_share(
+        rate in prop_oneof![0u32..=400, 0u32..=40],
+        count in 1u32..=5,
+        start in start_ms(),
+        // per reading: the gap before it, and which node is asked how often
+        readings in vec((prop_oneof![12 => 0u64..=25, 1 => 100u64..=1_000], 0u32..5, 0u32..=12), 20..=300),
+    ) {
+        let nodes: Vec<NodeShare> = (0..count).map(|i| NodeShare::new(i, count).unwrap()).collect();
+        let limiters: Vec<SlotLimiter> = nodes.iter().map(|_| SlotLimiter::default()).collect();
+        let mut tally: HashMap<(u64, usize), SlotTally> = HashMap::new();
+        let mut now = start;
+        for (gap, node, attempts) in readings {
+            now += gap;
+            let i = (node % count) as usize;
+            let t = tally.entry((slot_of(now), i)).or_default();
+            for _ in 0..attempts {
+                t.attempts += 1;
+                t.taken += u32::from(limiters[i].try_take(now, rate, nodes[i]));
+            }
+        }
+        let mut per_slot: HashMap<u64, (u32, bool)> = HashMap::new();
+        for (&(slot, i), t) in &tally {
+            let room = nodes[i].slot_room(rate, slot);
+            prop_assert_eq!(t.taken, t.attempts.min(room), "slot {} node {}", slot, i);
+            let s = per_slot.entry(slot).or_insert((0, true));
+            s.0 += t.taken;
+            s.1 &= t.attempts >= room;
+        }
+        for (&slot, &(taken, _)) in &per_slot {
+            prop_assert!(taken <= slot_share(rate, slot), "slot {}: {} > share {}", slot, taken, slot_share(rate, slot));
+        }
+        // A slot in which every node was asked past its room took exactly the share.
+        for (&slot, &(taken, saturated)) in &per_slot {
+            let asked_all = (0..count as usize).all(|i| tally.contains_key(&(slot, i)));
+            if saturated && asked_all {
+                prop_assert_eq!(taken, slot_share(rate, slot), "saturated slot {}", slot);
+            }
+        }
     }
 }
 
@@ -827,7 +905,7 @@ proptest! {
 
     /// Four threads planning for distinct users at readings spread over a few seconds (so some
     /// readings are stale): per prize, wins never pass this node's quota, no slot grants more
-    /// than its share of this node's rate and no second more than that rate; the counters agree
+    /// than this node's room in it and no second more than this node's rate; the counters agree
     /// with the plans; giving plans back lowers `issued` by exactly their wins.
     #[test]
     fn plans_across_threads_respect_quota_and_slot_shares(
@@ -885,8 +963,8 @@ proptest! {
             prop_assert_eq!(counters[i].as_ref().map_or(0, |c| c.quota.issued()), per_prize[i]);
         }
         for (&(i, slot), &n) in &per_slot {
-            let rate = share.rate(round.prizes[i].rate_per_s);
-            prop_assert!(n <= slot_share(rate, slot), "prize {} slot {}: {} > share {}", i, slot, n, slot_share(rate, slot));
+            let room = share.slot_room(round.prizes[i].rate_per_s, slot);
+            prop_assert!(n <= room, "prize {} slot {}: {} > node's room {}", i, slot, n, room);
         }
         for (&(i, second), &n) in &per_second {
             let rate = share.rate(round.prizes[i].rate_per_s);
@@ -909,7 +987,7 @@ proptest! {
 
     /// One prize, no "no win": every shake is one take. Threads plan in phases, one slot each,
     /// meeting at barriers while the clock moves: each slot grants exactly
-    /// min(attempts, share of this node's rate), the quota grants exactly min(that, what is left),
+    /// min(attempts, this node's room in the slot), the quota grants exactly min(that, what is left),
     /// and the plans count the refusals of each kind exactly.
     #[test]
     fn phased_plans_take_exactly_slot_share_then_quota(
@@ -972,11 +1050,10 @@ proptest! {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let node_quota = share.quota(quota);
-        let node_rate = share.rate(rate_per_s);
         let mut left = node_quota;
         for (p, (_, shakes)) in phases.iter().enumerate() {
             let attempts: u32 = shakes.iter().sum();
-            let slot_share_now = slot_share(node_rate, slot_of(times[p]));
+            let slot_share_now = share.slot_room(rate_per_s, slot_of(times[p]));
             let through_slot = attempts.min(slot_share_now);
             let wins = through_slot.min(left);
             let got = results.iter().fold((0, 0, 0), |a, r| (a.0 + r[p].0, a.1 + r[p].1, a.2 + r[p].2));
