@@ -29,7 +29,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::queue::{LaneQueue, Next};
-use crate::record::{DeliveryId, Record, State, Store, StoreError, NOT_SCHEDULED};
+use crate::record::{DeliveryId, Record, State, Store, StoreError};
 use crate::sign;
 use crate::throttle::Throttle;
 
@@ -43,6 +43,8 @@ pub const BACKOFF_MAX_MS: u64 = 60_000;
 const STORE_RETRY_MS: u64 = 1_000;
 /// Most ids a lane takes (and reads the records of) at once.
 const MAX_BATCH: u32 = 64;
+/// Least time between two reads of a lane's outbox into its queue.
+const REFILL_GAP_MS: u64 = 1_000;
 
 /// Milliseconds since the Unix epoch. Lanes use the wall clock: their slots must line up with
 /// the partner's.
@@ -380,6 +382,9 @@ impl Deliveries {
     }
 
     async fn run_lane(self: Arc<Self>, lane: Arc<Lane>) {
+        // No refill of a queue more than half full before this time: each one reads the
+        // whole outbox.
+        let mut refill_after_ms = 0;
         loop {
             let wake = lane.wake.notified();
             tokio::pin!(wake);
@@ -387,19 +392,26 @@ impl Deliveries {
             if lane.closing.load(Ordering::SeqCst) {
                 return;
             }
-            let refill = {
-                // Once the ready ids are sent, not when retries due later are too: deferred
-                // ones may wait for hours.
-                let mut q = lane.queue.lock();
-                q.ready_is_empty() && q.take_overflow()
+            // Once the ready ids are sent, not when retries due later are too: deferred ones
+            // may wait for hours. A full queue of ids due later is not refilled again and
+            // again (it keeps the earliest-due; its ids come due and are sent as usual).
+            let (wants_refill, half_free) = {
+                let q = lane.queue.lock();
+                (q.ready_is_empty() && q.wants_refill(), q.is_half_free())
             };
-            if refill {
+            let now = now_ms();
+            // A refill into a half-free queue brings in at least half a queue of ids (or all
+            // the store holds, which leaves it not overflowed): no loop without progress.
+            // Others, to take in a few ids or swap in earlier ones, wait for the gap.
+            if wants_refill && (half_free || now >= refill_after_ms) {
                 // Even a paused lane reads its outbox, so operators see what it holds.
                 self.refill(&lane).await;
+                refill_after_ms = now_ms() + REFILL_GAP_MS;
                 continue;
             }
+            // A refill held back by the gap wakes the lane when the gap is over.
+            let refill_at = wants_refill.then_some(refill_after_ms);
             let settings = lane.settings.load_full();
-            let now = now_ms();
             let room = settings
                 .max_in_flight
                 .saturating_sub(lane.in_flight.load(Ordering::SeqCst));
@@ -408,16 +420,21 @@ impl Deliveries {
                 continue;
             }
             let next = lane.queue.lock().next(now);
-            match next {
-                Next::Empty => {
+            match (next, refill_at) {
+                (Next::Empty, None) => {
                     wake.await;
                     continue;
                 }
-                Next::Later(at) => {
-                    sleep_or_wake(at - now, wake).await;
+                (Next::Empty, Some(at)) => {
+                    sleep_or_wake(at.saturating_sub(now), wake).await;
                     continue;
                 }
-                Next::Due => {}
+                (Next::Later(at), refill_at) => {
+                    let at = refill_at.map_or(at, |r| r.min(at));
+                    sleep_or_wake(at.saturating_sub(now), wake).await;
+                    continue;
+                }
+                (Next::Due, _) => {}
             }
             let (batch, throttled) = take_batch(&lane, now, room.min(MAX_BATCH) as usize);
             if batch.is_empty() {
@@ -456,17 +473,7 @@ impl Deliveries {
             }
         };
         let busy = lane.busy.lock().clone();
-        let mut q = lane.queue.lock();
-        for (id, due) in outbox {
-            if busy.contains(&id) || due == NOT_SCHEDULED {
-                continue;
-            }
-            if due == 0 {
-                q.push(id);
-            } else {
-                q.push_at(due, id);
-            }
-        }
+        lane.queue.lock().refill(outbox, |id| busy.contains(id));
     }
 
     async fn deliver(
