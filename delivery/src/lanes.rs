@@ -82,7 +82,14 @@ pub struct PartnerSettings {
 pub struct LaneStats {
     /// Partner id.
     pub partner: String,
-    /// Paused by its kill switch.
+    /// Whether the live config names the partner. A lane whose partner was removed keeps
+    /// sending what its outbox holds, with the settings of the last config that named it.
+    pub in_config: bool,
+    /// Whether the lane knows how to reach its partner. `false` only for a partner with open
+    /// deliveries or dead letters that no stored config names: the lane holds them, paused,
+    /// until a published config names the partner again.
+    pub settings_known: bool,
+    /// Paused by its kill switch (or for want of settings).
     pub paused: bool,
     /// Ids queued in memory (due now or later).
     pub queued: u64,
@@ -140,6 +147,10 @@ struct Lane {
     in_flight: AtomicU32,
     wake: Notify,
     closing: AtomicBool,
+    /// See [`LaneStats::in_config`].
+    in_config: AtomicBool,
+    /// See [`LaneStats::settings_known`].
+    settings_known: AtomicBool,
     counts: Counts,
     latency: Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -156,6 +167,8 @@ impl Lane {
             in_flight: AtomicU32::new(0),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
+            in_config: AtomicBool::new(true),
+            settings_known: AtomicBool::new(true),
             counts: Counts::default(),
             latency: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2).expect("bounds"),
@@ -240,25 +253,77 @@ impl Deliveries {
         })
     }
 
-    /// Brings the lanes in line with `partners`: new partners get a lane (started, and filled
-    /// from their outbox), known ones take the new settings (rate from the next slot), lanes of
-    /// partners no longer configured keep running so queued deliveries still go out. Must run
-    /// inside a tokio runtime.
+    /// Brings the lanes in line with `partners` (the live config's): new partners get a lane
+    /// (started, and filled from their outbox), known ones take the new settings (rate from
+    /// the next slot), lanes of partners no longer configured keep running so queued
+    /// deliveries still go out. Must run inside a tokio runtime.
     pub fn configure(self: &Arc<Self>, partners: &[PartnerSettings]) {
         let _one = self.configuring.lock();
         let mut lanes = HashMap::clone(&self.lanes.load());
+        for lane in lanes.values() {
+            lane.in_config.store(
+                partners.iter().any(|p| p.id == lane.settings.load().id),
+                Ordering::Relaxed,
+            );
+        }
         for p in partners {
             if let Some(lane) = lanes.get(&p.id) {
+                lane.settings_known.store(true, Ordering::Relaxed);
                 lane.reconfigure(p);
                 continue;
             }
-            let lane = Arc::new(Lane::new(p, self.max_queued));
-            // What the outbox already holds (after a restart) is read in as after an overflow.
-            lane.queue.lock().mark_overflowed();
-            lanes.insert(p.id.clone(), lane.clone());
-            tokio::spawn(self.clone().run_lane(lane));
+            self.start_lane(&mut lanes, Lane::new(p, self.max_queued));
         }
         self.lanes.store(Arc::new(lanes));
+    }
+
+    /// Gives a partner the live config no longer names a lane with `settings` (those of the
+    /// last config that named it), so what its outbox holds still goes out and can be
+    /// re-driven after a restart as before it. A partner that has a lane keeps it. Must run
+    /// inside a tokio runtime.
+    pub fn drain_removed(self: &Arc<Self>, settings: &PartnerSettings) {
+        self.add_outside_config(Lane::new(settings, self.max_queued));
+    }
+
+    /// Gives a partner no stored config names a paused lane without a URL: its deliveries are
+    /// held (and shown, with [`LaneStats::settings_known`] false) until a published config
+    /// names the partner again, instead of being ignored. A partner that has a lane keeps it.
+    /// Must run inside a tokio runtime.
+    pub fn hold_unknown(self: &Arc<Self>, partner: &str) {
+        let settings = PartnerSettings {
+            id: partner.to_string(),
+            url: String::new(),
+            rate_per_s: 0,
+            max_in_flight: 0,
+            timeout_ms: 0,
+            paused: true,
+            retry_deadline_ms: 0,
+            deferred_retry_ms: 0,
+            secrets: Vec::new(),
+        };
+        let lane = Lane::new(&settings, self.max_queued);
+        lane.settings_known.store(false, Ordering::Relaxed);
+        self.add_outside_config(lane);
+    }
+
+    fn add_outside_config(self: &Arc<Self>, lane: Lane) {
+        let _one = self.configuring.lock();
+        let id = lane.settings.load().id.clone();
+        if self.lanes.load().contains_key(&id) {
+            return;
+        }
+        lane.in_config.store(false, Ordering::Relaxed);
+        let mut lanes = HashMap::clone(&self.lanes.load());
+        self.start_lane(&mut lanes, lane);
+        self.lanes.store(Arc::new(lanes));
+    }
+
+    fn start_lane(self: &Arc<Self>, lanes: &mut HashMap<String, Arc<Lane>>, lane: Lane) {
+        let lane = Arc::new(lane);
+        // What the outbox already holds (after a restart) is read in as after an overflow.
+        lane.queue.lock().mark_overflowed();
+        lanes.insert(lane.settings.load().id.clone(), lane.clone());
+        tokio::spawn(self.clone().run_lane(lane));
     }
 
     /// Queues a durable pending delivery for sending. Cheap: the draw calls it after commit.
@@ -353,6 +418,8 @@ impl Deliveries {
                 let throttle = lane.throttle.lock();
                 LaneStats {
                     partner: s.id.clone(),
+                    in_config: lane.in_config.load(Ordering::Relaxed),
+                    settings_known: lane.settings_known.load(Ordering::Relaxed),
                     paused: s.paused,
                     queued,
                     overflowed,

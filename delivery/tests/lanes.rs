@@ -151,3 +151,52 @@ async fn a_queue_full_of_retries_still_sends_once_the_partner_is_back() {
     let _ = stop.send(());
     server.await.unwrap();
 }
+
+/// L3: deliveries of a partner no config names are held by a paused lane that says so, and go
+/// out once a config names the partner again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_without_settings_is_held_and_shown_until_configured() {
+    let store = Arc::new(MemStore::default());
+    for n in 0..10 {
+        store.save(pending(n), State::Pending).await.unwrap();
+    }
+    let deliveries = Deliveries::new(store.clone(), 100);
+    deliveries.hold_unknown("coupons");
+    let start = Instant::now();
+    while deliveries.stats()[0].queued < 10 && start.elapsed().as_secs() < 10 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = &deliveries.stats()[0];
+    assert_eq!(
+        (
+            stats.queued,
+            stats.paused,
+            stats.in_config,
+            stats.settings_known
+        ),
+        (10, true, false, false),
+        "{stats:?}"
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sim = Sim::new(SimOptions {
+        secrets: vec![SECRET.into()],
+        ..SimOptions::default()
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(sim::serve(listener, sim.clone(), async {
+        let _ = stopped.await;
+    }));
+    deliveries.configure(&[partner(format!("http://{addr}/deliver"))]);
+    let start = Instant::now();
+    while sim.summary().applied < 10 && start.elapsed().as_secs() < 10 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.summary().applied, 10);
+    let stats = &deliveries.stats()[0];
+    assert!(stats.in_config && stats.settings_known, "{stats:?}");
+    deliveries.shutdown();
+    let _ = stop.send(());
+    server.await.unwrap();
+}

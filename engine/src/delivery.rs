@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use quota::config::Config;
+use quota::config::{Config, Partner};
 use quota::store::NodeShare;
 use redrain_delivery::lanes::PartnerSettings;
 use redrain_delivery::record::{DeliveryId, Record, State, Store, StoreError};
@@ -175,22 +175,27 @@ impl DeliverySettings {
         config
             .partners
             .iter()
-            .map(|p| PartnerSettings {
-                id: p.id.to_string(),
-                url: p.url.clone(),
-                rate_per_s: share.rate(p.rate_per_s),
-                max_in_flight: share.rate(p.max_in_flight),
-                timeout_ms: p.timeout_ms.into(),
-                paused: p.paused,
-                retry_deadline_ms: u64::from(p.retry_deadline_s) * 1000,
-                deferred_retry_ms: u64::from(p.deferred_retry_s) * 1000,
-                secrets: self
-                    .secrets
-                    .get(p.id.as_str())
-                    .unwrap_or(&self.default_secrets)
-                    .clone(),
-            })
+            .map(|p| self.partner(p, share))
             .collect()
+    }
+
+    /// One partner's lane settings on a node owning `share` of every rate.
+    pub fn partner(&self, p: &Partner, share: NodeShare) -> PartnerSettings {
+        PartnerSettings {
+            id: p.id.to_string(),
+            url: p.url.clone(),
+            rate_per_s: share.rate(p.rate_per_s),
+            max_in_flight: share.rate(p.max_in_flight),
+            timeout_ms: p.timeout_ms.into(),
+            paused: p.paused,
+            retry_deadline_ms: u64::from(p.retry_deadline_s) * 1000,
+            deferred_retry_ms: u64::from(p.deferred_retry_s) * 1000,
+            secrets: self
+                .secrets
+                .get(p.id.as_str())
+                .unwrap_or(&self.default_secrets)
+                .clone(),
+        }
     }
 
     /// Refuses a config whose partner URLs point outside the allowed hosts, or whose partner
@@ -201,39 +206,46 @@ impl DeliverySettings {
         share: NodeShare,
     ) -> Result<(), (String, String)> {
         for (i, p) in config.partners.iter().enumerate() {
-            for (field, value) in [
-                ("rate_per_s", p.rate_per_s),
-                ("max_in_flight", p.max_in_flight),
-            ] {
-                if share.rate(value) == 0 {
-                    return Err((
-                        format!("partners[{i}].{field}"),
-                        format!(
-                            "{value} split over {} engine nodes leaves node {} none; it must be at least {}",
-                            share.count, share.index, share.count
-                        ),
-                    ));
-                }
-            }
-            let host = p
-                .url
-                .parse::<hyper::Uri>()
-                .ok()
-                .and_then(|u| u.host().map(str::to_string))
-                .unwrap_or_default();
-            if !self
-                .allowed_hosts
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(&host))
-            {
+            self.check_partner(p, share)
+                .map_err(|(field, why)| (format!("partners[{i}].{field}"), why))?;
+        }
+        Ok(())
+    }
+
+    /// [`DeliverySettings::check_partners`] for one partner: `(field, problem)`.
+    pub fn check_partner(&self, p: &Partner, share: NodeShare) -> Result<(), (String, String)> {
+        for (field, value) in [
+            ("rate_per_s", p.rate_per_s),
+            ("max_in_flight", p.max_in_flight),
+        ] {
+            if share.rate(value) == 0 {
                 return Err((
-                    format!("partners[{i}].url"),
+                    field.to_string(),
                     format!(
-                        "host {host:?} is not an allowed partner host ({}); start the engine with --partner-host {host} to allow it",
-                        self.allowed_hosts.join(", ")
+                        "{value} split over {} engine nodes leaves node {} none; it must be at least {}",
+                        share.count, share.index, share.count
                     ),
                 ));
             }
+        }
+        let host = p
+            .url
+            .parse::<hyper::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_string))
+            .unwrap_or_default();
+        if !self
+            .allowed_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&host))
+        {
+            return Err((
+                "url".to_string(),
+                format!(
+                    "host {host:?} is not an allowed partner host ({}); start the engine with --partner-host {host} to allow it",
+                    self.allowed_hosts.join(", ")
+                ),
+            ));
         }
         Ok(())
     }
