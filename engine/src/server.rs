@@ -492,6 +492,7 @@ pub async fn serve<F>(
     let limits = redrain_delivery::serve::Limits {
         max_connections: MAX_CONNECTIONS,
         drain,
+        header_read_timeout: redrain_delivery::serve::HEADER_READ_TIMEOUT,
         name: "redrain",
     };
     redrain_delivery::serve::http1(listener, service, limits, shutdown).await;
