@@ -146,7 +146,9 @@ impl Store for RocksStore {
 pub struct DeliverySettings {
     /// Active signing secrets per partner id; partners not listed sign with `default_secrets`.
     pub secrets: HashMap<String, Vec<String>>,
-    /// Secrets of partners without their own.
+    /// Secrets of partners without their own (`*=SECRET`; the demo secret only when the server
+    /// was given no secret at all). Empty: a partner without its own secret is refused when
+    /// a config naming it is published or loaded at start-up.
     pub default_secrets: Vec<String>,
     /// Hosts partner URLs may point at.
     pub allowed_hosts: Vec<String>,
@@ -212,8 +214,22 @@ impl DeliverySettings {
         Ok(())
     }
 
+    /// Refuses a partner that has no signing secret (neither its own nor a default).
+    pub fn check_secret(&self, p: &Partner) -> Result<(), String> {
+        if self.secrets.contains_key(p.id.as_str()) || !self.default_secrets.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "partner {:?} has no signing secret; start the engine with --partner-secret {}=SECRET (or *=SECRET for every partner without its own)",
+            p.id.as_str(),
+            p.id.as_str()
+        ))
+    }
+
     /// [`DeliverySettings::check_partners`] for one partner: `(field, problem)`.
     pub fn check_partner(&self, p: &Partner, share: NodeShare) -> Result<(), (String, String)> {
+        self.check_secret(p)
+            .map_err(|why| ("id".to_string(), why))?;
         for (field, value) in [
             ("rate_per_s", p.rate_per_s),
             ("max_in_flight", p.max_in_flight),
@@ -305,6 +321,51 @@ impl WindowLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// L5: with only `--partner-secret wallet=…`, the coupon partner was signed with the
+    /// public demo secret.
+    #[test]
+    fn a_partner_without_a_secret_is_refused_when_others_have_one() {
+        let config = Config::from_toml(
+            r#"
+[[partners]]
+id = "wallet"
+kind = "wallet"
+url = "http://127.0.0.1:1/deliver"
+rate_per_s = 10
+max_in_flight = 2
+timeout_ms = 1000
+
+[[partners]]
+id = "coupons"
+kind = "coupon"
+url = "http://127.0.0.1:2/deliver"
+rate_per_s = 10
+max_in_flight = 2
+timeout_ms = 1000
+"#,
+        )
+        .expect("a valid config");
+        let share = NodeShare::default();
+        let wallet_only = DeliverySettings {
+            secrets: HashMap::from([("wallet".into(), vec!["wallet-secret-0123456789".into()])]),
+            default_secrets: Vec::new(),
+            ..DeliverySettings::default()
+        };
+        let (field, why) = wallet_only.check_partners(&config, share).unwrap_err();
+        assert_eq!(field, "partners[1].id");
+        assert!(why.contains("\"coupons\" has no signing secret"), "{why}");
+        let with_default = DeliverySettings {
+            default_secrets: vec!["default-secret-0123456789".into()],
+            ..wallet_only.clone()
+        };
+        assert_eq!(with_default.check_partners(&config, share), Ok(()));
+        // No secret given at all: the demo secret, as before.
+        assert_eq!(
+            DeliverySettings::default().check_partners(&config, share),
+            Ok(())
+        );
+    }
 
     #[test]
     fn asks_are_limited_per_user_and_window() {

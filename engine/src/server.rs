@@ -192,6 +192,15 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         tracing::info!(path = %settings.config_path.display(), "config file changed; published it");
     } else {
         let snapshot = service.store.load();
+        // A publish checks this; a restart with other secrets must too.
+        for (i, p) in snapshot.config.partners.iter().enumerate() {
+            settings.delivery.check_secret(p).map_err(|why| {
+                anyhow::anyhow!(
+                    "the stored config (seq {}): partners[{i}]: {why}",
+                    snapshot.seq.0
+                )
+            })?;
+        }
         let prepared = service.drops.prepare(&snapshot.config, &service.storage)?;
         service.storage.commit_blocking(prepared.ops())?;
         service.drops.install(prepared, snapshot.seq.0);
