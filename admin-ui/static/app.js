@@ -628,7 +628,8 @@ function partnerRow(x) {
     el,
     update(x) {
       setText(name, x.partner?.name || "");
-      setText(kind, x.partner ? x.partner.kind : "not in config");
+      setText(kind, x.partner ? x.partner.kind
+        : x.lane.settings_known === false ? "not in config, settings unknown: held" : "not in config");
       paused.update(x.partner ? x.partner.paused : x.lane.paused);
       lane.update(x.lane);
       kill?.update(x.partner.paused);

@@ -30,7 +30,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::queue::{LaneQueue, Next};
-use crate::record::{DeliveryId, Record, State, Store, StoreError, NOT_SCHEDULED};
+use crate::record::{DeliveryId, Record, State, Store, StoreError};
 use crate::sign;
 use crate::throttle::Throttle;
 
@@ -44,6 +44,8 @@ pub const BACKOFF_MAX_MS: u64 = 60_000;
 const STORE_RETRY_MS: u64 = 1_000;
 /// Most ids a lane takes (and reads the records of) at once.
 const MAX_BATCH: u32 = 64;
+/// Least time between two reads of a lane's outbox into its queue.
+const REFILL_GAP_MS: u64 = 1_000;
 
 /// Milliseconds since the Unix epoch. Lanes use the wall clock: their slots must line up with
 /// the partner's.
@@ -84,7 +86,14 @@ pub struct PartnerSettings {
 pub struct LaneStats {
     /// Partner id.
     pub partner: String,
-    /// Paused by its kill switch.
+    /// Whether the live config names the partner. A lane whose partner was removed keeps
+    /// sending what its outbox holds, with the settings of the last config that named it.
+    pub in_config: bool,
+    /// Whether the lane knows how to reach its partner. `false` only for a partner with open
+    /// deliveries or dead letters that no stored config names: the lane holds them, paused,
+    /// until a published config names the partner again.
+    pub settings_known: bool,
+    /// Paused by its kill switch (or for want of settings).
     pub paused: bool,
     /// Ids queued in memory (due now or later).
     pub queued: u64,
@@ -142,6 +151,10 @@ struct Lane {
     in_flight: AtomicU32,
     wake: Notify,
     closing: AtomicBool,
+    /// See [`LaneStats::in_config`].
+    in_config: AtomicBool,
+    /// See [`LaneStats::settings_known`].
+    settings_known: AtomicBool,
     counts: Counts,
     latency: Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -158,6 +171,8 @@ impl Lane {
             in_flight: AtomicU32::new(0),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
+            in_config: AtomicBool::new(true),
+            settings_known: AtomicBool::new(true),
             counts: Counts::default(),
             latency: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2).expect("bounds"),
@@ -242,25 +257,78 @@ impl Deliveries {
         })
     }
 
-    /// Brings the lanes in line with `partners`: new partners get a lane (started, and filled
-    /// from their outbox), known ones take the new settings (rate from the next slot), lanes of
-    /// partners no longer configured keep running so queued deliveries still go out. Must run
-    /// inside a tokio runtime.
+    /// Brings the lanes in line with `partners` (the live config's): new partners get a lane
+    /// (started, and filled from their outbox), known ones take the new settings (rate from
+    /// the next slot), lanes of partners no longer configured keep running so queued
+    /// deliveries still go out. Must run inside a tokio runtime.
     pub fn configure(self: &Arc<Self>, partners: &[PartnerSettings]) {
         let _one = self.configuring.lock();
         let mut lanes = HashMap::clone(&self.lanes.load());
+        for lane in lanes.values() {
+            lane.in_config.store(
+                partners.iter().any(|p| p.id == lane.settings.load().id),
+                Ordering::Relaxed,
+            );
+        }
         for p in partners {
             if let Some(lane) = lanes.get(&p.id) {
+                lane.settings_known.store(true, Ordering::Relaxed);
                 lane.reconfigure(p);
                 continue;
             }
-            let lane = Arc::new(Lane::new(p, self.max_queued));
-            // What the outbox already holds (after a restart) is read in as after an overflow.
-            lane.queue.lock().mark_overflowed();
-            lanes.insert(p.id.clone(), lane.clone());
-            tokio::spawn(self.clone().run_lane(lane));
+            self.start_lane(&mut lanes, Lane::new(p, self.max_queued));
         }
         self.lanes.store(Arc::new(lanes));
+    }
+
+    /// Gives a partner the live config no longer names a lane with `settings` (those of the
+    /// last config that named it), so what its outbox holds still goes out and can be
+    /// re-driven after a restart as before it. A partner that has a lane keeps it. Must run
+    /// inside a tokio runtime.
+    pub fn drain_removed(self: &Arc<Self>, settings: &PartnerSettings) {
+        self.add_outside_config(Lane::new(settings, self.max_queued));
+    }
+
+    /// Gives a partner no stored config names a paused lane without a URL: its deliveries are
+    /// held (and shown, with [`LaneStats::settings_known`] false) until a published config
+    /// names the partner again, instead of being ignored. A partner that has a lane keeps it.
+    /// Must run inside a tokio runtime.
+    pub fn hold_unknown(self: &Arc<Self>, partner: &str) {
+        let settings = PartnerSettings {
+            id: partner.to_string(),
+            url: String::new(),
+            rate_per_s: 0,
+            node: NodeShare::ALONE,
+            max_in_flight: 0,
+            timeout_ms: 0,
+            paused: true,
+            retry_deadline_ms: 0,
+            deferred_retry_ms: 0,
+            secrets: Vec::new(),
+        };
+        let lane = Lane::new(&settings, self.max_queued);
+        lane.settings_known.store(false, Ordering::Relaxed);
+        self.add_outside_config(lane);
+    }
+
+    fn add_outside_config(self: &Arc<Self>, lane: Lane) {
+        let _one = self.configuring.lock();
+        let id = lane.settings.load().id.clone();
+        if self.lanes.load().contains_key(&id) {
+            return;
+        }
+        lane.in_config.store(false, Ordering::Relaxed);
+        let mut lanes = HashMap::clone(&self.lanes.load());
+        self.start_lane(&mut lanes, lane);
+        self.lanes.store(Arc::new(lanes));
+    }
+
+    fn start_lane(self: &Arc<Self>, lanes: &mut HashMap<String, Arc<Lane>>, lane: Lane) {
+        let lane = Arc::new(lane);
+        // What the outbox already holds (after a restart) is read in as after an overflow.
+        lane.queue.lock().mark_overflowed();
+        lanes.insert(lane.settings.load().id.clone(), lane.clone());
+        tokio::spawn(self.clone().run_lane(lane));
     }
 
     /// Queues a durable pending delivery for sending. Cheap: the draw calls it after commit.
@@ -355,6 +423,8 @@ impl Deliveries {
                 let throttle = lane.throttle.lock();
                 LaneStats {
                     partner: s.id.clone(),
+                    in_config: lane.in_config.load(Ordering::Relaxed),
+                    settings_known: lane.settings_known.load(Ordering::Relaxed),
                     paused: s.paused,
                     queued,
                     overflowed,
@@ -384,6 +454,9 @@ impl Deliveries {
     }
 
     async fn run_lane(self: Arc<Self>, lane: Arc<Lane>) {
+        // No refill of a queue more than half full before this time: each one reads the
+        // whole outbox.
+        let mut refill_after_ms = 0;
         loop {
             let wake = lane.wake.notified();
             tokio::pin!(wake);
@@ -391,19 +464,26 @@ impl Deliveries {
             if lane.closing.load(Ordering::SeqCst) {
                 return;
             }
-            let refill = {
-                // Once the ready ids are sent, not when retries due later are too: deferred
-                // ones may wait for hours.
-                let mut q = lane.queue.lock();
-                q.ready_is_empty() && q.take_overflow()
+            // Once the ready ids are sent, not when retries due later are too: deferred ones
+            // may wait for hours. A full queue of ids due later is not refilled again and
+            // again (it keeps the earliest-due; its ids come due and are sent as usual).
+            let (wants_refill, half_free) = {
+                let q = lane.queue.lock();
+                (q.ready_is_empty() && q.wants_refill(), q.is_half_free())
             };
-            if refill {
+            let now = now_ms();
+            // A refill into a half-free queue brings in at least half a queue of ids (or all
+            // the store holds, which leaves it not overflowed): no loop without progress.
+            // Others, to take in a few ids or swap in earlier ones, wait for the gap.
+            if wants_refill && (half_free || now >= refill_after_ms) {
                 // Even a paused lane reads its outbox, so operators see what it holds.
                 self.refill(&lane).await;
+                refill_after_ms = now_ms() + REFILL_GAP_MS;
                 continue;
             }
+            // A refill held back by the gap wakes the lane when the gap is over.
+            let refill_at = wants_refill.then_some(refill_after_ms);
             let settings = lane.settings.load_full();
-            let now = now_ms();
             let room = settings
                 .max_in_flight
                 .saturating_sub(lane.in_flight.load(Ordering::SeqCst));
@@ -412,16 +492,21 @@ impl Deliveries {
                 continue;
             }
             let next = lane.queue.lock().next(now);
-            match next {
-                Next::Empty => {
+            match (next, refill_at) {
+                (Next::Empty, None) => {
                     wake.await;
                     continue;
                 }
-                Next::Later(at) => {
-                    sleep_or_wake(at - now, wake).await;
+                (Next::Empty, Some(at)) => {
+                    sleep_or_wake(at.saturating_sub(now), wake).await;
                     continue;
                 }
-                Next::Due => {}
+                (Next::Later(at), refill_at) => {
+                    let at = refill_at.map_or(at, |r| r.min(at));
+                    sleep_or_wake(at.saturating_sub(now), wake).await;
+                    continue;
+                }
+                (Next::Due, _) => {}
             }
             let (batch, throttled) = take_batch(&lane, now, room.min(MAX_BATCH) as usize);
             if batch.is_empty() {
@@ -460,17 +545,7 @@ impl Deliveries {
             }
         };
         let busy = lane.busy.lock().clone();
-        let mut q = lane.queue.lock();
-        for (id, due) in outbox {
-            if busy.contains(&id) || due == NOT_SCHEDULED {
-                continue;
-            }
-            if due == 0 {
-                q.push(id);
-            } else {
-                q.push_at(due, id);
-            }
-        }
+        lane.queue.lock().refill(outbox, |id| busy.contains(id));
     }
 
     async fn deliver(

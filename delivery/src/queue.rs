@@ -3,12 +3,15 @@
 //! The queue holds ids only (12 bytes ready, 24 bytes due later); the record stays in the
 //! store and is read when the delivery is sent. It is bounded: past `cap` ids an id is not
 //! kept in memory, the queue notes that it overflowed, and the lane refills it from the
-//! store's outbox once it has drained. The outbox is the real queue; this is a window on it.
+//! store's outbox ([`LaneQueue::refill`]). The outbox is the real queue; this is a window on
+//! it: after a refill, the `cap` earliest-due of the open deliveries, each id once.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use crate::record::DeliveryId;
+use rustc_hash::FxHashSet;
+
+use crate::record::{DeliveryId, NOT_SCHEDULED};
 
 /// What the queue has for a lane at some moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +30,11 @@ pub struct LaneQueue {
     ready: VecDeque<DeliveryId>,
     later: BinaryHeap<Reverse<(u64, DeliveryId)>>,
     cap: usize,
+    /// The store holds open ids this queue does not.
     overflowed: bool,
+    /// A push was refused since the last refill: the store got an id that may be due before
+    /// everything held.
+    refused: bool,
 }
 
 impl LaneQueue {
@@ -38,6 +45,7 @@ impl LaneQueue {
             later: BinaryHeap::new(),
             cap,
             overflowed: false,
+            refused: false,
         }
     }
 
@@ -62,10 +70,22 @@ impl LaneQueue {
         self.len() == 0
     }
 
+    /// Whether it holds as many ids as it may.
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.cap
+    }
+
+    /// Whether at least half of it is free: a refill then brings in at least half a queue of
+    /// ids (or all the store holds), which pays for reading the outbox.
+    pub fn is_half_free(&self) -> bool {
+        self.len() <= self.cap / 2
+    }
+
     /// Queues an id to send as soon as possible; `false` (and marked overflowed) when full.
     pub fn push(&mut self, id: DeliveryId) -> bool {
-        if self.len() >= self.cap {
+        if self.is_full() {
             self.overflowed = true;
+            self.refused = true;
             return false;
         }
         self.ready.push_back(id);
@@ -74,8 +94,9 @@ impl LaneQueue {
 
     /// Queues an id due at `at_ms`; `false` (and marked overflowed) when full.
     pub fn push_at(&mut self, at_ms: u64, id: DeliveryId) -> bool {
-        if self.len() >= self.cap {
+        if self.is_full() {
             self.overflowed = true;
+            self.refused = true;
             return false;
         }
         self.later.push(Reverse((at_ms, id)));
@@ -118,9 +139,42 @@ impl LaneQueue {
         self.overflowed
     }
 
-    /// Whether ids were dropped for want of room since the last call; clears the mark.
-    pub fn take_overflow(&mut self) -> bool {
-        std::mem::take(&mut self.overflowed)
+    /// Whether reading the outbox again could change what the queue holds: the store holds
+    /// ids it does not, and either it has room or a push was refused since the last refill (a
+    /// new id may be due before everything held). A full queue of ids due later, with nothing
+    /// new in the store, keeps what it holds: those ids come due first.
+    pub fn wants_refill(&self) -> bool {
+        self.overflowed && (!self.is_full() || self.refused)
+    }
+
+    /// Rebuilds the queue from what it holds and the store's `outbox` (read just before, so
+    /// what the queue holds is newer for an id in both): the `cap` earliest-due ids, each
+    /// once, ready ones in their order; ids for which `skip` is true (being sent) and ids not
+    /// scheduled are left out. Notes whether the outbox held more than fitted.
+    pub fn refill(&mut self, outbox: Vec<(DeliveryId, u64)>, skip: impl Fn(&DeliveryId) -> bool) {
+        let mut held = FxHashSet::default();
+        let mut all: Vec<(u64, DeliveryId)> = Vec::with_capacity(self.len() + outbox.len());
+        let mut later: Vec<(u64, DeliveryId)> = self.later.drain().map(|Reverse(e)| e).collect();
+        // Of two copies of a held id, the earlier one is kept.
+        later.sort_unstable();
+        let queued = self.ready.drain(..).map(|id| (0, id)).chain(later);
+        for (due, id) in queued.chain(outbox.into_iter().map(|(id, due)| (due, id))) {
+            if due != NOT_SCHEDULED && !skip(&id) && held.insert(id) {
+                all.push((due, id));
+            }
+        }
+        // Stable: ready ids keep their order.
+        all.sort_by_key(|&(due, _)| due);
+        self.overflowed = all.len() > self.cap;
+        self.refused = false;
+        all.truncate(self.cap);
+        for (due, id) in all {
+            if due == 0 {
+                self.ready.push_back(id);
+            } else {
+                self.later.push(Reverse((due, id)));
+            }
+        }
     }
 
     /// Bytes the held ids take (excluding spare capacity).
@@ -176,8 +230,47 @@ mod tests {
         assert!(q.push(id(1)));
         assert!(q.push_at(5, id(2)));
         assert!(!q.push(id(3)));
-        assert!(q.take_overflow());
-        assert!(!q.take_overflow());
+        assert!(q.overflowed());
+        assert!(
+            q.wants_refill(),
+            "a refused id may be due before the held ones"
+        );
         assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn a_refill_keeps_the_earliest_due_each_once() {
+        let mut q = LaneQueue::new(4);
+        q.push(id(1));
+        q.push_at(900, id(2));
+        q.push_at(800, id(3));
+        q.mark_overflowed();
+        // The outbox repeats what the queue holds, and holds more, some due earlier.
+        let outbox = vec![
+            (id(1), 0),
+            (id(2), 500), // older than the queue's copy: the queue's wins
+            (id(3), 800),
+            (id(4), 0),
+            (id(5), 100),
+            (id(6), 2000),
+            (id(7), NOT_SCHEDULED),
+            (id(8), 0), // being sent
+        ];
+        q.refill(outbox, |i| *i == id(8));
+        assert_eq!(q.len(), 4);
+        assert!(q.overflowed(), "ids 2 and 6 did not fit");
+        assert!(!q.wants_refill(), "full, and nothing new since");
+        let mut popped = Vec::new();
+        while let Some(i) = q.pop(u64::MAX - 1) {
+            popped.push(i);
+        }
+        popped.sort_unstable();
+        assert_eq!(popped, vec![id(1), id(3), id(4), id(5)]);
+        assert!(q.wants_refill(), "room again, and the store holds more");
+        // A second refill adds nothing twice.
+        q.push(id(1));
+        q.refill(vec![(id(1), 0), (id(2), 900)], |_| false);
+        assert_eq!(q.len(), 2);
+        assert!(!q.overflowed());
     }
 }

@@ -18,9 +18,17 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long open requests may run on after shutdown before they are cut.
     pub drain: Duration,
+    /// How long a client may take to send a request's headers, counted from when the
+    /// connection is ready for one (so it also bounds an idle keep-alive connection); past it
+    /// the connection is closed. Without it, half-sent or idle connections would hold their
+    /// places until `max_connections` of them stop the accept loop.
+    pub header_read_timeout: Duration,
     /// Names the server in log lines.
     pub name: &'static str,
 }
+
+/// The [`Limits::header_read_timeout`] of the engine and `partner-sim`.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Serves `service` on `listener` until `shutdown` resolves, then lets open requests finish
 /// for at most `limits.drain` and returns.
@@ -58,6 +66,8 @@ pub async fn http1<S, B>(
         };
         let _ = stream.set_nodelay(true);
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -74,5 +84,76 @@ pub async fn http1<S, B>(
             server = limits.name,
             "connections still open after the drain period; closing"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Whether the server closes `stream` within `within` (reading whatever it answers).
+    async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(within, async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// L4: a half-sent request, or a connection that sends nothing, held its connection place
+    /// for good.
+    #[tokio::test]
+    async fn half_sent_and_idle_connections_are_closed_after_the_header_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(
+                http_body_util::Empty::<bytes::Bytes>::new(),
+            ))
+        });
+        let limits = Limits {
+            max_connections: 4,
+            drain: Duration::from_secs(1),
+            header_read_timeout: Duration::from_millis(300),
+            name: "test",
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(http1(listener, service, limits, async {
+            let _ = stopped.await;
+        }));
+
+        let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"POST /v1/draw HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_within(&mut half, Duration::from_secs(5)).await,
+            "half-sent request"
+        );
+        assert!(
+            closed_within(&mut idle, Duration::from_secs(5)).await,
+            "idle connection"
+        );
+
+        // A whole request is still answered.
+        let mut whole = tokio::net::TcpStream::connect(addr).await.unwrap();
+        whole
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        whole.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+
+        let _ = stop.send(());
+        server.await.unwrap();
     }
 }

@@ -634,6 +634,7 @@ pub async fn serve(listener: TcpListener, sim: Arc<Sim>, shutdown: impl Future<O
     let limits = crate::serve::Limits {
         max_connections: MAX_CONNECTIONS,
         drain: DRAIN,
+        header_read_timeout: crate::serve::HEADER_READ_TIMEOUT,
         name: "partner-sim",
     };
     crate::serve::http1(listener, service, limits, shutdown).await;

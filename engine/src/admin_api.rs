@@ -17,11 +17,11 @@ use warp::http::{header, Response, StatusCode};
 use warp::Filter;
 
 use crate::admin::{config_value, credentials, Credentials, Principal, Role, SESSION_COOKIE};
+use crate::api::Segment;
 use crate::api::{
     delivery_error, delivery_id, error_reply, json_ok, pending_body, PendingBody, Reply,
 };
 use crate::error::{parse_json, ApiError};
-use crate::api::Segment;
 use crate::server::{App, PublishFailure};
 use crate::storage::{Cf, Op};
 use quota::store::PublishError;
@@ -191,11 +191,13 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .and(warp::path!("drops" / Segment / "map"))
         .and(warp::get())
         .and(query())
-        .then(|creds, app, Segment(task): Segment, q: HashMap<String, String>| {
-            answer(app, creds, Role::Viewer, |app, _| {
-                scan(app, move |app| drop_map(&app, &task, &q))
-            })
-        });
+        .then(
+            |creds, app, Segment(task): Segment, q: HashMap<String, String>| {
+                answer(app, creds, Role::Viewer, |app, _| {
+                    scan(app, move |app| drop_map(&app, &task, &q))
+                })
+            },
+        );
 
     let delivery = read!(
         warp::path!("delivery"),

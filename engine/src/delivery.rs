@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use quota::config::Config;
+use quota::config::{Config, Partner};
 use quota::store::NodeShare;
 use redrain_delivery::lanes::PartnerSettings;
 use redrain_delivery::record::{DeliveryId, Record, State, Store, StoreError};
@@ -146,7 +146,9 @@ impl Store for RocksStore {
 pub struct DeliverySettings {
     /// Active signing secrets per partner id; partners not listed sign with `default_secrets`.
     pub secrets: HashMap<String, Vec<String>>,
-    /// Secrets of partners without their own.
+    /// Secrets of partners without their own (`*=SECRET`; the demo secret only when the server
+    /// was given no secret at all). Empty: a partner without its own secret is refused when
+    /// a config naming it is published or loaded at start-up.
     pub default_secrets: Vec<String>,
     /// Hosts partner URLs may point at.
     pub allowed_hosts: Vec<String>,
@@ -176,23 +178,28 @@ impl DeliverySettings {
         config
             .partners
             .iter()
-            .map(|p| PartnerSettings {
-                id: p.id.to_string(),
-                url: p.url.clone(),
-                rate_per_s: p.rate_per_s,
-                node: share,
-                max_in_flight: share.rate(p.max_in_flight),
-                timeout_ms: p.timeout_ms.into(),
-                paused: p.paused,
-                retry_deadline_ms: u64::from(p.retry_deadline_s) * 1000,
-                deferred_retry_ms: u64::from(p.deferred_retry_s) * 1000,
-                secrets: self
-                    .secrets
-                    .get(p.id.as_str())
-                    .unwrap_or(&self.default_secrets)
-                    .clone(),
-            })
+            .map(|p| self.partner(p, share))
             .collect()
+    }
+
+    /// One partner's lane settings on a node owning `share` of every rate.
+    pub fn partner(&self, p: &Partner, share: NodeShare) -> PartnerSettings {
+        PartnerSettings {
+            id: p.id.to_string(),
+            url: p.url.clone(),
+            rate_per_s: p.rate_per_s,
+            node: share,
+            max_in_flight: share.rate(p.max_in_flight),
+            timeout_ms: p.timeout_ms.into(),
+            paused: p.paused,
+            retry_deadline_ms: u64::from(p.retry_deadline_s) * 1000,
+            deferred_retry_ms: u64::from(p.deferred_retry_s) * 1000,
+            secrets: self
+                .secrets
+                .get(p.id.as_str())
+                .unwrap_or(&self.default_secrets)
+                .clone(),
+        }
     }
 
     /// Refuses a config whose partner URLs point outside the allowed hosts, or whose partner
@@ -203,39 +210,60 @@ impl DeliverySettings {
         share: NodeShare,
     ) -> Result<(), (String, String)> {
         for (i, p) in config.partners.iter().enumerate() {
-            for (field, value) in [
-                ("rate_per_s", p.rate_per_s),
-                ("max_in_flight", p.max_in_flight),
-            ] {
-                if share.rate(value) == 0 {
-                    return Err((
-                        format!("partners[{i}].{field}"),
-                        format!(
-                            "{value} split over {} engine nodes leaves node {} none; it must be at least {}",
-                            share.count, share.index, share.count
-                        ),
-                    ));
-                }
-            }
-            let host = p
-                .url
-                .parse::<hyper::Uri>()
-                .ok()
-                .and_then(|u| u.host().map(str::to_string))
-                .unwrap_or_default();
-            if !self
-                .allowed_hosts
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(&host))
-            {
+            self.check_partner(p, share)
+                .map_err(|(field, why)| (format!("partners[{i}].{field}"), why))?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a partner that has no signing secret (neither its own nor a default).
+    pub fn check_secret(&self, p: &Partner) -> Result<(), String> {
+        if self.secrets.contains_key(p.id.as_str()) || !self.default_secrets.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "partner {:?} has no signing secret; start the engine with --partner-secret {}=SECRET (or *=SECRET for every partner without its own)",
+            p.id.as_str(),
+            p.id.as_str()
+        ))
+    }
+
+    /// [`DeliverySettings::check_partners`] for one partner: `(field, problem)`.
+    pub fn check_partner(&self, p: &Partner, share: NodeShare) -> Result<(), (String, String)> {
+        self.check_secret(p)
+            .map_err(|why| ("id".to_string(), why))?;
+        for (field, value) in [
+            ("rate_per_s", p.rate_per_s),
+            ("max_in_flight", p.max_in_flight),
+        ] {
+            if share.rate(value) == 0 {
                 return Err((
-                    format!("partners[{i}].url"),
+                    field.to_string(),
                     format!(
-                        "host {host:?} is not an allowed partner host ({}); start the engine with --partner-host {host} to allow it",
-                        self.allowed_hosts.join(", ")
+                        "{value} split over {} engine nodes leaves node {} none; it must be at least {}",
+                        share.count, share.index, share.count
                     ),
                 ));
             }
+        }
+        let host = p
+            .url
+            .parse::<hyper::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_string))
+            .unwrap_or_default();
+        if !self
+            .allowed_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&host))
+        {
+            return Err((
+                "url".to_string(),
+                format!(
+                    "host {host:?} is not an allowed partner host ({}); start the engine with --partner-host {host} to allow it",
+                    self.allowed_hosts.join(", ")
+                ),
+            ));
         }
         Ok(())
     }
@@ -318,6 +346,51 @@ impl WindowLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// L5: with only `--partner-secret wallet=…`, the coupon partner was signed with the
+    /// public demo secret.
+    #[test]
+    fn a_partner_without_a_secret_is_refused_when_others_have_one() {
+        let config = Config::from_toml(
+            r#"
+[[partners]]
+id = "wallet"
+kind = "wallet"
+url = "http://127.0.0.1:1/deliver"
+rate_per_s = 10
+max_in_flight = 2
+timeout_ms = 1000
+
+[[partners]]
+id = "coupons"
+kind = "coupon"
+url = "http://127.0.0.1:2/deliver"
+rate_per_s = 10
+max_in_flight = 2
+timeout_ms = 1000
+"#,
+        )
+        .expect("a valid config");
+        let share = NodeShare::default();
+        let wallet_only = DeliverySettings {
+            secrets: HashMap::from([("wallet".into(), vec!["wallet-secret-0123456789".into()])]),
+            default_secrets: Vec::new(),
+            ..DeliverySettings::default()
+        };
+        let (field, why) = wallet_only.check_partners(&config, share).unwrap_err();
+        assert_eq!(field, "partners[1].id");
+        assert!(why.contains("\"coupons\" has no signing secret"), "{why}");
+        let with_default = DeliverySettings {
+            default_secrets: vec!["default-secret-0123456789".into()],
+            ..wallet_only.clone()
+        };
+        assert_eq!(with_default.check_partners(&config, share), Ok(()));
+        // No secret given at all: the demo secret, as before.
+        assert_eq!(
+            DeliverySettings::default().check_partners(&config, share),
+            Ok(())
+        );
+    }
 
     #[test]
     fn asks_are_limited_per_user_and_window() {

@@ -193,10 +193,12 @@ fn delivery_settings(args: &ServeArgs) -> anyhow::Result<DeliverySettings> {
                 .push(secret.to_string());
         }
     }
-    if !default.is_empty() {
-        d.default_secrets = default;
-    } else if args.partner_secrets.is_empty() {
+    if args.partner_secrets.is_empty() {
         tracing::warn!("no --partner-secret given; deliveries are signed with the demo secret");
+    } else {
+        // Secrets were given: the public demo secret signs nothing. A partner without its own
+        // secret and without `*=` is refused when its config is published or loaded.
+        d.default_secrets = default;
     }
     Ok(d)
 }

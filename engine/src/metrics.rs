@@ -293,7 +293,7 @@ pub fn render_storage(out: &mut String, groups: u64) {
 /// Appends each partner lane's gauges and counters.
 pub fn render_lanes(out: &mut String, lanes: &[redrain_delivery::lanes::LaneStats]) {
     type Field = fn(&redrain_delivery::lanes::LaneStats) -> u64;
-    let series: [(&str, &str, &str, Field); 8] = [
+    let series: [(&str, &str, &str, Field); 10] = [
         (
             "redrain_delivery_queued",
             "gauge",
@@ -311,6 +311,18 @@ pub fn render_lanes(out: &mut String, lanes: &[redrain_delivery::lanes::LaneStat
             "gauge",
             "Rate a partner lane sends at now (lower after trouble).",
             |l| l.current_rate_per_s.into(),
+        ),
+        (
+            "redrain_delivery_lane_in_config",
+            "gauge",
+            "0 when the partner's lane drains deliveries after it left the live config.",
+            |l| l.in_config.into(),
+        ),
+        (
+            "redrain_delivery_lane_settings_unknown",
+            "gauge",
+            "1 when a partner's deliveries are held unsent: no stored config has usable settings for it.",
+            |l| (!l.settings_known).into(),
         ),
         (
             "redrain_delivery_paused",

@@ -248,6 +248,15 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         tracing::info!(path = %settings.config_path.display(), "config file changed; published it");
     } else {
         let snapshot = service.store.load();
+        // A publish checks this; a restart with other secrets must too.
+        for (i, p) in snapshot.config.partners.iter().enumerate() {
+            settings.delivery.check_secret(p).map_err(|why| {
+                anyhow::anyhow!(
+                    "the stored config (seq {}): partners[{i}]: {why}",
+                    snapshot.seq.0
+                )
+            })?;
+        }
         let prepared = service.drops.prepare(&snapshot.config, &service.storage)?;
         service.storage.commit_blocking(prepared.ops())?;
         service.drops.install(prepared, snapshot.seq.0);
@@ -394,6 +403,9 @@ pub async fn run(
     let reconciler = tokio::spawn(reconcile_on_schedule(app.clone()));
     let tallier = tokio::spawn(record_unrecorded(app.clone()));
     configure_lanes(&app.service, &app.service.store.load().config);
+    if let Err(e) = configure_removed_lanes(&app.service) {
+        tracing::error!(error = %e, "looking for deliveries of partners no longer configured failed");
+    }
     let service = app.service.clone();
     serve(listener, crate::api::routes(app), shutdown, drain).await;
     tallier.abort();
@@ -443,6 +455,93 @@ fn configure_lanes(service: &DrawService, config: &Config) {
     );
 }
 
+/// Gives a lane to each partner the live config does not name but whose outbox holds open
+/// deliveries or dead letters (it was removed from the config; before a restart its lane kept
+/// running): with the settings of the last stored config that named it, if its URL is still
+/// on the allowed hosts, so its deliveries go out and can be re-driven as before the restart;
+/// otherwise a paused lane without a URL that holds them and says so (log, metric, lane list)
+/// until a config names the partner again.
+fn configure_removed_lanes(service: &DrawService) -> anyhow::Result<()> {
+    let live = service.store.load();
+    let mut missing: Vec<String> = Vec::new();
+    for prefix in [&b"o\0"[..], &b"x\0"[..]] {
+        for partner in service.storage.key_names(Cf::Outbox, prefix)? {
+            let configured = live
+                .config
+                .partners
+                .iter()
+                .any(|p| p.id.as_str() == partner);
+            if !configured && !missing.contains(&partner) {
+                missing.push(partner);
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let share = service.store.share();
+    let mut found = Vec::new();
+    let mut unreadable = 0u32;
+    // The newest config first; stop once every missing partner is found.
+    service
+        .storage
+        .scan_prefix_rev(Cf::Meta, b"config/", |_, bytes| {
+            let config = serde_json::from_slice::<StoredConfig>(bytes)
+                .ok()
+                .and_then(|s| Some((s.seq, s.config.validate().ok()?)));
+            let Some((seq, config)) = config else {
+                unreadable += 1;
+                return true;
+            };
+            for p in &config.partners {
+                if let Some(i) = missing.iter().position(|m| m == p.id.as_str()) {
+                    missing.swap_remove(i);
+                    found.push((seq, p.clone()));
+                }
+            }
+            !missing.is_empty()
+        })?;
+    if unreadable > 0 {
+        tracing::warn!(
+            unreadable,
+            "stored configs that no longer parse or validate were skipped"
+        );
+    }
+    for (seq, p) in found {
+        match service.delivery_settings.check_partner(&p, share) {
+            Ok(()) => {
+                tracing::warn!(
+                    partner = %p.id,
+                    config_seq = seq,
+                    "partner is not in the live config but has open deliveries or dead letters; \
+                     its lane runs with the settings of the last config that named it"
+                );
+                service
+                    .deliveries
+                    .drain_removed(&service.delivery_settings.partner(&p, share));
+            }
+            Err((field, why)) => {
+                tracing::error!(
+                    partner = %p.id,
+                    config_seq = seq,
+                    "partner is not in the live config and its last settings are unusable \
+                     ({field}: {why}); its deliveries are held, not sent, until a config names it"
+                );
+                service.deliveries.hold_unknown(p.id.as_str());
+            }
+        }
+    }
+    for partner in missing {
+        tracing::error!(
+            %partner,
+            "partner has open deliveries or dead letters but no stored config names it; they \
+             are held, not sent, until a config names it"
+        );
+        service.deliveries.hold_unknown(&partner);
+    }
+    Ok(())
+}
+
 /// Serves `routes` on `listener` (at most [`MAX_CONNECTIONS`] at once) until `shutdown`
 /// resolves, then drains open requests for at most `drain`.
 pub async fn serve<F>(
@@ -458,6 +557,7 @@ pub async fn serve<F>(
     let limits = redrain_delivery::serve::Limits {
         max_connections: MAX_CONNECTIONS,
         drain,
+        header_read_timeout: redrain_delivery::serve::HEADER_READ_TIMEOUT,
         name: "redrain",
     };
     redrain_delivery::serve::http1(listener, service, limits, shutdown).await;

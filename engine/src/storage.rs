@@ -379,6 +379,61 @@ impl Storage {
         Ok(out)
     }
 
+    /// The distinct names `n` of the keys `prefix n \0 …` in `cf`, in key order: one seek per
+    /// name, however many keys it has (the partners with outbox entries, say).
+    pub fn key_names(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<String>, StorageError> {
+        let mut names = Vec::new();
+        let mut from = prefix.to_vec();
+        loop {
+            let mut iter = self.db.iterator_cf(
+                self.cf(cf),
+                rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
+            );
+            let Some(item) = iter.next() else { break };
+            let (k, _) = item?;
+            let Some(rest) = k.strip_prefix(prefix) else {
+                break;
+            };
+            match rest.iter().position(|&b| b == 0) {
+                Some(end) => {
+                    names.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+                    // Past every key of this name: `\0` is the smallest byte, `\x01` the next.
+                    from = [prefix, &rest[..end], b"\x01"].concat();
+                }
+                None => from = [&k[..], b"\0"].concat(),
+            }
+        }
+        Ok(names)
+    }
+
+    /// Calls `f` with every key/value under `prefix`, last key first, until it returns `false`.
+    pub fn scan_prefix_rev(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(cf));
+        // The last key before the first one past the prefix.
+        match next_prefix(prefix) {
+            Some(upper) => {
+                iter.seek_for_prev(&upper);
+                if iter.key() == Some(&upper[..]) {
+                    iter.prev();
+                }
+            }
+            None => iter.seek_to_last(),
+        }
+        while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
+            if !k.starts_with(prefix) || !f(k, v) {
+                break;
+            }
+            iter.prev();
+        }
+        iter.status()?;
+        Ok(())
+    }
+
     /// The user's standing in `round` (whatever occurrence it was last in) and `campaign`.
     pub fn standing(
         &self,
@@ -516,6 +571,18 @@ fn stopped() -> StorageError {
 
 /// Ledger record kind of a storage batch.
 pub const BATCH: u8 = 1;
+/// The smallest key above every key that starts with `prefix` (`None`: there is none).
+fn next_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last < 0xff {
+            upper.push(last + 1);
+            return Some(upper);
+        }
+    }
+    None
+}
+
 /// `meta` key of the last ledger sequence number applied to RocksDB.
 const APPLIED_KEY: &[u8] = b"ledger_applied";
 /// Ledger records replayed per RocksDB write.

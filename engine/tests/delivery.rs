@@ -989,3 +989,86 @@ async fn report_prizes(c: &mut Conn) -> Value {
     .json();
     r["prizes"].clone()
 }
+
+/// L3: a partner removed from the config while its deliveries were open kept its lane until a
+/// restart; after one, its outbox was never read again and a re-drive answered "no partner".
+/// Its lane now comes back with the settings of the last config that named it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_partners_open_deliveries_still_go_out_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let wallet = Partner::start(SimOptions::default()).await;
+    // The coupon partner is down: nothing listens on its address yet.
+    let down = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let coupons_addr = down.local_addr().unwrap();
+    drop(down);
+    let coupons_url = format!("http://{coupons_addr}/deliver");
+    let cfg = config(
+        &partners(&wallet.url(), &coupons_url, 1000, 8, 1000, ""),
+        20,
+        0,
+        0,
+    );
+    let server = Server::with_config(dir.path(), &cfg, now()).await;
+    let mut c = server.conn().await;
+    let ids = draw_wins(&mut c, 2).await;
+    assert_eq!(ids.len(), 20);
+    eventually("every delivery has failed once", || async {
+        let mut c = server.conn().await;
+        lane(&mut c, "coupons").await["failures"].as_u64().unwrap() >= 20
+    })
+    .await;
+
+    // The operator removes the partner (and its prize) from the config file; the engine
+    // restarts and publishes it.
+    let without = campaign("c", "")
+        + &format!(
+            r#"
+[[partners]]
+id = "wallet"
+kind = "wallet"
+url = "{}"
+rate_per_s = 20000
+max_in_flight = 32
+timeout_ms = 1000
+"#,
+            wallet.url()
+        )
+        + &live_round("r", "c", 20, 0)
+        + &common::cash_prize("cash", 88, 1000, 1000, 1);
+    std::fs::write(&server.config_path, without).unwrap();
+    let server = server.restart().await;
+    let mut c = server.conn().await;
+    let l = lane(&mut c, "coupons").await;
+    assert_eq!(l["in_config"], false, "{l}");
+    assert_eq!(l["settings_known"], true, "{l}");
+    let m = common::metrics(&mut c).await;
+    assert_eq!(
+        common::metric(&m, "redrain_delivery_lane_in_config{partner=\"coupons\"}"),
+        0.0
+    );
+
+    // A re-drive finds the partner (its lane), and the partner, back up, gets every win.
+    let one = ids.iter().next().unwrap();
+    let r = admin(
+        &mut c,
+        Method::POST,
+        &format!("/admin/api/delivery/{one}/redrive"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let listener = tokio::net::TcpListener::bind(coupons_addr).await.unwrap();
+    let sim = Sim::new(SimOptions {
+        secrets: vec![sim::DEMO_SECRET.into()],
+        ..SimOptions::default()
+    });
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(sim::serve(listener, sim.clone(), async move {
+        let _ = stopped.await;
+    }));
+    eventually("every win is delivered", || async {
+        sim.applied_ids().into_iter().collect::<BTreeSet<_>>() == ids
+    })
+    .await;
+    server.stop().await;
+}
