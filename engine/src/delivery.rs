@@ -353,6 +353,29 @@ mod tests {
     fn a_partner_without_a_secret_is_refused_when_others_have_one() {
         let config = Config::from_toml(
             r#"
+[[campaigns]]
+id = "c"
+starts_at = "2026-01-01T00:00:00Z"
+ends_at = "2036-01-01T00:00:00Z"
+
+[[rounds]]
+id = "r"
+campaign = "c"
+starts_at = "2026-01-01T00:00:00Z"
+duration_s = 60
+participation_s = 60
+max_wins_per_user = 1
+no_win_weight = 1
+
+[[rounds.prizes]]
+id = "cash"
+kind = "cash"
+amount_cents = 1
+partner = "wallet"
+quota = 1
+rate_per_s = 1
+weight = 1
+
 [[partners]]
 id = "wallet"
 kind = "wallet"
