@@ -76,6 +76,27 @@ fn partner(url: String) -> PartnerSettings {
     }
 }
 
+/// A partner-sim accepting [`SECRET`] on a free port: the sim, its address, its stop signal and
+/// its server task.
+async fn partner_sim() -> (
+    Arc<Sim>,
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sim = Sim::new(SimOptions {
+        secrets: vec![SECRET.into()],
+        ..SimOptions::default()
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(sim::serve(listener, sim.clone(), async {
+        let _ = stopped.await;
+    }));
+    (sim, addr, stop, server)
+}
+
 fn pending(n: u32) -> Record {
     let mut id = [0u8; 12];
     id[8..].copy_from_slice(&n.to_be_bytes());
@@ -120,16 +141,7 @@ async fn a_queue_full_of_retries_still_sends_once_the_partner_is_back() {
         "{states:?}"
     );
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sim = Sim::new(SimOptions {
-        secrets: vec![SECRET.into()],
-        ..SimOptions::default()
-    });
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(sim::serve(listener, sim.clone(), async {
-        let _ = stopped.await;
-    }));
+    let (sim, addr, stop, server) = partner_sim().await;
     deliveries.configure(&[partner(format!("http://{addr}/deliver"))]);
 
     let start = Instant::now();
@@ -179,16 +191,7 @@ async fn a_partner_without_settings_is_held_and_shown_until_configured() {
         "{stats:?}"
     );
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sim = Sim::new(SimOptions {
-        secrets: vec![SECRET.into()],
-        ..SimOptions::default()
-    });
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(sim::serve(listener, sim.clone(), async {
-        let _ = stopped.await;
-    }));
+    let (sim, addr, stop, server) = partner_sim().await;
     deliveries.configure(&[partner(format!("http://{addr}/deliver"))]);
     let start = Instant::now();
     while sim.summary().applied < 10 && start.elapsed().as_secs() < 10 {
