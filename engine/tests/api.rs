@@ -2191,3 +2191,21 @@ async fn rocksdb_state_that_disagrees_with_the_ledger_is_repaired_and_reported()
     assert_eq!(wins["wins"].as_array().unwrap().len(), 10, "{wins}");
     server.stop().await;
 }
+
+/// Path segments are percent-decoded: a user id written by `encodeURIComponent` (`a%40b` for
+/// `a@b`) finds the same wins; a segment that does not decode to UTF-8 matches no route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_encoded_path_segments_name_the_same_thing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &win_config(), t0()).await;
+    let mut c = server.conn().await;
+    let drawn = draw_ok(&mut c, "r", "a@b", "q1", 1).await;
+    assert_eq!(wins_in(&drawn).len(), 1, "{drawn}");
+    let plain = get_ok(&mut c, "/v1/users/a@b/wins").await;
+    assert_eq!(plain["wins"].as_array().unwrap().len(), 1, "{plain}");
+    assert_eq!(get_ok(&mut c, "/v1/users/a%40b/wins").await, plain);
+    assert_eq!(get_ok(&mut c, "/v1/rounds/%72").await["id"], "r");
+    let r = c.get("/v1/users/%FF/wins").await.unwrap();
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    server.stop().await;
+}
