@@ -167,9 +167,10 @@ pub struct Tail {
 impl Tail {
     /// Opens the ledger in `config.dir`: cuts a damaged tail of the open segment, or starts a
     /// new segment after a sealed one. `durable_through` is the last sequence number known to
-    /// have been on disk before (RocksDB applies a record only after its fsync): damage at or
-    /// before it is not a torn write but a fault of the medium, and recovery refuses to cut
-    /// records that were acknowledged, leaving the file as it is for an operator.
+    /// have been on disk before (RocksDB applies a record only after its fsync): a ledger that
+    /// now ends before it (damage, a segment cut short or missing) lost acknowledged records,
+    /// and recovery refuses to start rather than cut or reuse them, leaving the files as they
+    /// are for an operator. A segment written by another node is refused too.
     pub fn recover(
         config: LedgerConfig,
         durable_through: Option<u64>,
@@ -181,7 +182,34 @@ impl Tail {
             next_seq: 0,
             cut: None,
         };
+        // Records before `next_seq` are all the ledger has; RocksDB applied records through
+        // `durable_through` only after their fsync. Fewer on disk means acknowledged records
+        // are gone (a fault of the medium, or files removed): refuse before changing anything.
+        let refuse_if_short = |next_seq: u64, what: &dyn Fn() -> String| {
+            match durable_through.filter(|&d| d >= next_seq) {
+                Some(d) => Err(LedgerError(format!(
+                    "{}, so the ledger ends before sequence {next_seq}, but records through {d} \
+                     were acknowledged as durable: refusing to start on a ledger that lost them \
+                     (restore the segments from the collector's copy; see `redrain ledger verify`)",
+                    what()
+                ))),
+                None => Ok(()),
+            }
+        };
+        let node_of = |header: &Header, path: &Path| {
+            if header.node == config.node {
+                Ok(())
+            } else {
+                Err(LedgerError(format!(
+                    "{}: written by node {}, but this is node {}; refusing to mix nodes' ledgers",
+                    path.display(),
+                    header.node,
+                    config.node
+                )))
+            }
+        };
         let Some((number, path)) = files.last().cloned() else {
+            refuse_if_short(0, &|| format!("{}: no segments", config.dir.display()))?;
             let open = Tail::create(config, 0, 0)?;
             return Ok((open, recovery));
         };
@@ -193,6 +221,7 @@ impl Tail {
                 Some(prev) => {
                     let scan = scan_segment(&std::fs::read(prev)?, |_| {})
                         .map_err(|why| LedgerError(format!("{}: {why}", prev.display())))?;
+                    node_of(&scan.header, prev)?;
                     if !scan.sealed {
                         return Err(LedgerError(format!(
                             "{}: not sealed, but a later segment was started",
@@ -203,6 +232,9 @@ impl Tail {
                 }
                 None => 0,
             };
+            refuse_if_short(next_seq, &|| {
+                format!("{}: its header was never written", path.display())
+            })?;
             tracing::warn!(file = %path.display(), "ledger: removing a segment whose header was never written");
             std::fs::remove_file(&path)?;
             recovery.next_seq = next_seq;
@@ -216,24 +248,18 @@ impl Tail {
                 path.display()
             ))
         })?;
+        node_of(&scan.header, &path)?;
         let next_seq = scan.last_seq.map_or(scan.header.first_seq, |s| s + 1);
         recovery.next_seq = next_seq;
+        refuse_if_short(next_seq, &|| match &scan.damage {
+            Some((offset, why)) => format!("{}: damaged at offset {offset} ({why})", path.display()),
+            None => format!("{}: ends after sequence {}", path.display(), next_seq.saturating_sub(1)),
+        })?;
         if scan.sealed {
             let open = Tail::create(config, number + 1, next_seq)?;
             return Ok((open, recovery));
         }
         if let Some((offset, why)) = scan.damage {
-            if durable_through.is_some_and(|d| d >= next_seq) {
-                return Err(LedgerError(format!(
-                    "{}: damaged at offset {offset} ({why}) after sequence {}, but records \
-                     through {} were acknowledged as durable: this is damage to the medium, not \
-                     a torn write; refusing to cut them (restore the segment from the \
-                     collector's copy, see `redrain ledger verify`)",
-                    path.display(),
-                    next_seq.saturating_sub(1),
-                    durable_through.unwrap_or_default(),
-                )));
-            }
             tracing::warn!(file = %path.display(), offset, reason = %why, "ledger: cutting a damaged tail");
             let file = OpenOptions::new().write(true).open(&path)?;
             file.set_len(offset)?;

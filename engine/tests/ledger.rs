@@ -523,4 +523,22 @@ fn damage_under_acknowledged_records_is_refused_not_cut() {
     flip_and_reopen(10, 100, 0);
     // 70 records of 1,000,000 bytes pass the 64 MiB segment size: segment 0 is sealed.
     flip_and_reopen(70, 1_000_000, 0);
+
+    // A segment cut short at a record boundary, and another node's ledger, are refused too.
+    let dir = tempfile::tempdir().unwrap();
+    let (db, ledger) = (dir.path().join("db"), dir.path().join("ledger"));
+    let storage = Storage::open(&db, &ledger, 1).unwrap();
+    for i in 0..3u32 {
+        let op = Op::Put(Cf::Wins, format!("w{i}").into_bytes(), vec![1; 10]);
+        storage.commit_blocking(vec![op]).unwrap();
+    }
+    drop(storage);
+    let refused = Storage::open(&db, &ledger, 2).unwrap_err().to_string();
+    assert!(refused.contains("written by node 1"), "{refused}");
+    let path = segments(&ledger).unwrap()[0].1.clone();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(HEADER_LEN as u64).unwrap();
+    let refused = Storage::open(&db, &ledger, 1).unwrap_err().to_string();
+    assert!(refused.contains("refusing"), "{refused}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), HEADER_LEN as u64);
 }
