@@ -182,7 +182,7 @@ impl Lane {
 
     /// Takes its partner's new settings: the rate from the next slot, the rest at once.
     fn reconfigure(&self, p: &PartnerSettings) {
-        self.throttle.lock().set_rate(p.rate_per_s);
+        self.throttle.lock().set_rate(p.rate_per_s, p.node);
         self.uri.store(Arc::new(p.url.parse().ok()));
         self.settings.store(Arc::new(p.clone()));
         self.wake.notify_one();

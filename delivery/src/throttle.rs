@@ -71,9 +71,11 @@ impl Throttle {
         }
     }
 
-    /// Changes the partner's rate (all nodes); applies from the next slot.
-    pub fn set_rate(&mut self, rate_per_s: u32) {
+    /// Changes the partner's rate (all nodes) and this node's share of it; applies from the
+    /// next slot.
+    pub fn set_rate(&mut self, rate_per_s: u32, node: NodeShare) {
         self.rate_per_s = rate_per_s;
+        self.node = node;
     }
 
     /// The rate this node's lane sends at now (requests a second).

@@ -84,12 +84,29 @@ proptest! {
                     now += ms;
                 }
                 Event::SetRate(r) => {
-                    t.set_rate(r);
+                    t.set_rate(r, NodeShare::ALONE);
                     max_rate = max_rate.max(r);
                 }
                 Event::Trouble(after) => t.trouble(now, after),
             }
         }
+    }
+
+    /// A lane made before its node's share was known (a partner held without settings) sends
+    /// only that share once it is configured: the share comes with the rate.
+    #[test]
+    fn a_new_rate_brings_the_nodes_share(rate in 1u32..20_000, count in 2u32..=4, seconds in 1u64..3) {
+        let node = NodeShare::new(0, count).unwrap();
+        let mut t = Throttle::new(0, NodeShare::ALONE);
+        t.set_rate(rate, node);
+        let start = 7_000_000u64;
+        let mut sent = 0u64;
+        for at in start..start + seconds * 1000 {
+            while t.try_take(at).is_ok() {
+                sent += 1;
+            }
+        }
+        prop_assert_eq!(sent, u64::from(node.rate(rate)) * seconds);
     }
 
     #[test]

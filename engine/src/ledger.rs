@@ -185,16 +185,16 @@ impl Tail {
         // Records before `next_seq` are all the ledger has; RocksDB applied records through
         // `durable_through` only after their fsync. Fewer on disk means acknowledged records
         // are gone (a fault of the medium, or files removed): refuse before changing anything.
-        let refuse_if_short = |next_seq: u64, what: &dyn Fn() -> String| {
-            match durable_through.filter(|&d| d >= next_seq) {
-                Some(d) => Err(LedgerError(format!(
-                    "{}, so the ledger ends before sequence {next_seq}, but records through {d} \
+        let refuse_if_short = |next_seq: u64, what: &dyn Fn() -> String| match durable_through
+            .filter(|&d| d >= next_seq)
+        {
+            Some(d) => Err(LedgerError(format!(
+                "{}, so the ledger ends before sequence {next_seq}, but records through {d} \
                      were acknowledged as durable: refusing to start on a ledger that lost them \
                      (restore the segments from the collector's copy; see `redrain ledger verify`)",
-                    what()
-                ))),
-                None => Ok(()),
-            }
+                what()
+            ))),
+            None => Ok(()),
         };
         let node_of = |header: &Header, path: &Path| {
             if header.node == config.node {
@@ -252,8 +252,14 @@ impl Tail {
         let next_seq = scan.last_seq.map_or(scan.header.first_seq, |s| s + 1);
         recovery.next_seq = next_seq;
         refuse_if_short(next_seq, &|| match &scan.damage {
-            Some((offset, why)) => format!("{}: damaged at offset {offset} ({why})", path.display()),
-            None => format!("{}: ends after sequence {}", path.display(), next_seq.saturating_sub(1)),
+            Some((offset, why)) => {
+                format!("{}: damaged at offset {offset} ({why})", path.display())
+            }
+            None => format!(
+                "{}: ends after sequence {}",
+                path.display(),
+                next_seq.saturating_sub(1)
+            ),
         })?;
         if scan.sealed {
             let open = Tail::create(config, number + 1, next_seq)?;
