@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -484,9 +484,38 @@ pub(crate) fn body_limited(
     pending_body().then(move |body: PendingBody| body.read(limit))
 }
 
+/// Every body gets this long to arrive, plus [`BODY_SECONDS_PER_MIB`] a MiB of its limit: the
+/// header timeout ends once the headers are in, and a client that then sends its body slowly
+/// or never would hold its connection place for good.
+pub const BODY_READ_BASE: Duration = Duration::from_secs(20);
+/// Seconds of [`BODY_READ_BASE`] added per MiB a body may have (a 64 MiB upload gets 660 s).
+pub const BODY_SECONDS_PER_MIB: u64 = 10;
+
+/// How long a body of at most `limit` bytes may take to arrive.
+fn body_deadline(limit: usize) -> Duration {
+    BODY_READ_BASE + Duration::from_secs(BODY_SECONDS_PER_MIB * (limit as u64).div_ceil(1 << 20))
+}
+
 impl PendingBody {
-    /// The whole body, or 413 past `limit` bytes.
-    pub(crate) async fn read(mut self, limit: usize) -> Result<Bytes, ApiError> {
+    /// The whole body, or 413 past `limit` bytes, or 408 if it has not arrived within
+    /// [`BODY_READ_BASE`] and [`BODY_SECONDS_PER_MIB`].
+    pub(crate) async fn read(self, limit: usize) -> Result<Bytes, ApiError> {
+        self.read_within(limit, body_deadline(limit)).await
+    }
+
+    async fn read_within(self, limit: usize, within: Duration) -> Result<Bytes, ApiError> {
+        tokio::time::timeout(within, self.read_all(limit))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!("the body did not arrive within {} s", within.as_secs()),
+                ))
+            })
+    }
+
+    async fn read_all(mut self, limit: usize) -> Result<Bytes, ApiError> {
         let too_large = || {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -571,4 +600,26 @@ pub fn error_reply(e: &ApiError) -> Reply {
         );
     }
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that never arrives (headers sent, then nothing) gets a 408 once its time is up,
+    /// instead of holding its connection place for good; that time grows with the limit.
+    #[tokio::test]
+    async fn a_body_that_never_arrives_times_out() {
+        let never = PendingBody {
+            declared: Some(1000),
+            stream: futures_util::stream::pending().boxed(),
+        };
+        let e = never
+            .read_within(4 << 10, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!((e.status, e.code.as_ref()), (408, "body_timeout"));
+        assert_eq!(body_deadline(4 << 10), Duration::from_secs(30));
+        assert_eq!(body_deadline(64 << 20), Duration::from_secs(660));
+    }
 }
