@@ -618,7 +618,7 @@ mod tests {
             .read_within(4 << 10, Duration::from_millis(50))
             .await
             .unwrap_err();
-        assert_eq!((e.status, e.code.as_ref()), (408, "body_timeout"));
+        assert_eq!((e.status, e.code), (408, "body_timeout"));
         assert_eq!(body_deadline(4 << 10), Duration::from_secs(30));
         assert_eq!(body_deadline(64 << 20), Duration::from_secs(660));
     }
