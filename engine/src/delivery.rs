@@ -327,15 +327,20 @@ impl WindowLimiter {
         entry.1 <= self.max
     }
 
-    /// Drops expired windows; if the table is still full, the oldest tenth (at least one key),
-    /// keys under their limit first. One pass per tenth of the capacity, so a flood of new keys
-    /// costs O(1) per key, amortized.
+    /// Drops expired windows; if the table is still full, a tenth of it (at least one key):
+    /// keys under their limit first, oldest first, then keys at their limit, newest first, so
+    /// a key being hammered since before a flood (the name under attack) is the last to get a
+    /// fresh window. One pass per tenth of the capacity, so a flood of new keys costs O(1) per
+    /// key, amortized.
     fn make_room(&self, keys: &mut HashMap<String, (u64, u32)>, now_ms: u64) {
         keys.retain(|_, (start, _)| now_ms < *start + self.window_ms);
         if keys.len() < self.capacity {
             return;
         }
-        let rank = |&(start, n): &(u64, u32)| (n >= self.max, start);
+        let rank = |&(start, n): &(u64, u32)| match n >= self.max {
+            false => (false, start),
+            true => (true, u64::MAX - start),
+        };
         let mut ranks: Vec<(bool, u64)> = keys.values().map(rank).collect();
         let nth = (ranks.len() / 10).min(ranks.len() - 1);
         let (_, &mut cutoff, _) = ranks.select_nth_unstable(nth);
@@ -441,6 +446,13 @@ timeout_ms = 1000
         }
         // The blocked key was not the one forgotten: keys under their limit went first.
         assert!(!l.allow("victim", 1_500));
+        // Nor when the flood's own keys are at their limit too: those, newer, go first.
+        for i in 0..500 {
+            let key = format!("blocked-{i}");
+            assert!(l.allow(&key, 1_000 + i) && l.allow(&key, 1_000 + i));
+            assert!(!l.allow(&key, 1_000 + i));
+        }
+        assert!(!l.allow("victim", 1_600));
         // Expired windows go before anything else.
         assert!(l.allow("late", 60_000 + 1_500));
         assert!(l.keys.lock().len() <= 100);
