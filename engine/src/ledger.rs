@@ -201,10 +201,12 @@ impl Tail {
                 Ok(())
             } else {
                 Err(LedgerError(format!(
-                    "{}: written by node {}, but this is node {}; refusing to mix nodes' ledgers",
+                    "{}: written by node {}, but this start is node {}; refusing to mix nodes' \
+                     ledgers (start this data dir with --node-index {})",
                     path.display(),
                     header.node,
-                    config.node
+                    config.node,
+                    header.node
                 )))
             }
         };

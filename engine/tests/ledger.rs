@@ -534,7 +534,10 @@ fn damage_under_acknowledged_records_is_refused_not_cut() {
     }
     drop(storage);
     let refused = Storage::open(&db, &ledger, 2).unwrap_err().to_string();
-    assert!(refused.contains("written by node 1"), "{refused}");
+    assert!(
+        refused.contains("written by node 1, but this start is node 2"),
+        "{refused}"
+    );
     let path = segments(&ledger).unwrap()[0].1.clone();
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.set_len(HEADER_LEN as u64).unwrap();
