@@ -372,13 +372,7 @@ impl Tail {
                 self.roll()?;
             }
             for (kind, payload) in records {
-                if kind == SEAL || payload.len() > MAX_PAYLOAD {
-                    return Err(LedgerError(format!(
-                        "a record of kind {kind} with {} bytes: kind {SEAL} is the seal and \
-                         payloads are at most {MAX_PAYLOAD} bytes",
-                        payload.len()
-                    )));
-                }
+                check_record(kind, payload)?;
                 encode_record(self.next_seq, kind, payload, buf);
                 self.next_seq += 1;
                 self.records += 1;
@@ -450,6 +444,19 @@ impl Drop for Tail {
     }
 }
 
+/// Refuses a record a caller may not write: the seal's kind (the writer alone seals), or a
+/// payload longer than the reader accepts.
+fn check_record(kind: u8, payload: &[u8]) -> Result<(), LedgerError> {
+    if kind == SEAL || payload.len() > MAX_PAYLOAD {
+        return Err(LedgerError(format!(
+            "a record of kind {kind} with {} bytes: kind {SEAL} is the seal and payloads are at \
+             most {MAX_PAYLOAD} bytes",
+            payload.len()
+        )));
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
     File::open(dir)?.sync_all()?;
     Ok(())
@@ -502,15 +509,8 @@ impl Ledger {
         if records.is_empty() {
             return Err(LedgerError("an append needs at least one record".into()));
         }
-        if let Some((kind, p)) = records
-            .iter()
-            .find(|(kind, p)| *kind == SEAL || p.len() > MAX_PAYLOAD)
-        {
-            return Err(LedgerError(format!(
-                "a record of kind {kind} with {} bytes: kind 0 is the seal and payloads are at \
-                 most {MAX_PAYLOAD} bytes",
-                p.len()
-            )));
+        for (kind, payload) in &records {
+            check_record(*kind, payload)?;
         }
         let (done, wait) = oneshot::channel();
         Ok((Append { records, done }, wait))

@@ -227,7 +227,7 @@ impl Storage {
         if let Some((file, offset, why)) = &recovery.cut {
             tracing::warn!(file = %file.display(), offset, reason = %why, "ledger tail cut at start-up");
         }
-        let replayed = replay(&db, ledger_dir)?;
+        let replayed = replay(&db, ledger_dir, applied)?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
@@ -702,11 +702,8 @@ fn write_group<'a>(
     Ok(db.write_opt(batch, &opts)?)
 }
 
-/// Applies every ledger record after RocksDB's `ledger_applied`; returns how many.
-fn replay(db: &DB, dir: &Path) -> Result<u64, StorageError> {
-    let applied = db
-        .get_cf(handle(db, Cf::Meta), APPLIED_KEY)?
-        .map(|b| decode_u64(&b));
+/// Applies every ledger record after `applied` (RocksDB's `ledger_applied`); returns how many.
+fn replay(db: &DB, dir: &Path, applied: Option<u64>) -> Result<u64, StorageError> {
     let files = segments(dir).map_err(|e| StorageError(e.to_string()))?;
     let mut replayed = 0;
     for (i, (_, path)) in files.iter().enumerate() {
