@@ -264,11 +264,11 @@ impl Deliveries {
     pub fn configure(self: &Arc<Self>, partners: &[PartnerSettings]) {
         let _one = self.configuring.lock();
         let mut lanes = HashMap::clone(&self.lanes.load());
-        for lane in lanes.values() {
-            lane.in_config.store(
-                partners.iter().any(|p| p.id == lane.settings.load().id),
-                Ordering::Relaxed,
-            );
+        let configured: std::collections::HashSet<&str> =
+            partners.iter().map(|p| p.id.as_str()).collect();
+        for (id, lane) in &lanes {
+            lane.in_config
+                .store(configured.contains(id.as_str()), Ordering::Relaxed);
         }
         for p in partners {
             if let Some(lane) = lanes.get(&p.id) {

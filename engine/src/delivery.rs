@@ -18,14 +18,19 @@ use crate::storage::{Cf, Op, Storage, Urgency};
 #[derive(Debug)]
 pub struct RocksStore(pub Arc<Storage>);
 
+/// Prefix of the outbox keys of open deliveries: `o\0{partner}\0{id}`.
+pub const OUTBOX_PREFIX: &[u8] = b"o\0";
+/// Prefix of the outbox keys of dead letters: `x\0{partner}\0{id}`.
+pub const DEAD_PREFIX: &[u8] = b"x\0";
+
 /// Outbox key of an open delivery.
 pub fn outbox_key(partner: &str, id: &str) -> Vec<u8> {
-    [b"o\0", partner.as_bytes(), b"\0", id.as_bytes()].concat()
+    [OUTBOX_PREFIX, partner.as_bytes(), b"\0", id.as_bytes()].concat()
 }
 
 /// Outbox key of a dead letter.
 pub fn dead_key(partner: &str, id: &str) -> Vec<u8> {
-    [b"x\0", partner.as_bytes(), b"\0", id.as_bytes()].concat()
+    [DEAD_PREFIX, partner.as_bytes(), b"\0", id.as_bytes()].concat()
 }
 
 /// The ops that store `record` and file it by its state; `was` is the state it is stored with

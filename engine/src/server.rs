@@ -248,15 +248,13 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         tracing::info!(path = %settings.config_path.display(), "config file changed; published it");
     } else {
         let snapshot = service.store.load();
-        // A publish checks this; a restart with other secrets must too.
-        for (i, p) in snapshot.config.partners.iter().enumerate() {
-            settings.delivery.check_secret(p).map_err(|why| {
-                anyhow::anyhow!(
-                    "the stored config (seq {}): partners[{i}]: {why}",
-                    snapshot.seq.0
-                )
+        // A publish checks the partners; a restart with other secrets or hosts must too.
+        settings
+            .delivery
+            .check_partners(&snapshot.config, settings.share)
+            .map_err(|(field, why)| {
+                anyhow::anyhow!("the stored config (seq {}): {field}: {why}", snapshot.seq.0)
             })?;
-        }
         let prepared = service.drops.prepare(&snapshot.config, &service.storage)?;
         service.storage.commit_blocking(prepared.ops())?;
         service.drops.install(prepared, snapshot.seq.0);
@@ -464,7 +462,7 @@ fn configure_lanes(service: &DrawService, config: &Config) {
 fn configure_removed_lanes(service: &DrawService) -> anyhow::Result<()> {
     let live = service.store.load();
     let mut missing: Vec<String> = Vec::new();
-    for prefix in [&b"o\0"[..], &b"x\0"[..]] {
+    for prefix in [crate::delivery::OUTBOX_PREFIX, crate::delivery::DEAD_PREFIX] {
         for partner in service.storage.key_names(Cf::Outbox, prefix)? {
             let configured = live
                 .config
