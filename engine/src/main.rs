@@ -129,8 +129,8 @@ struct ServeArgs {
     /// Number of engine nodes sharing the quotas.
     #[arg(long, default_value_t = 1)]
     node_count: u32,
-    /// Seed of the draw's randomness (random if unset); the same seed, user and request id
-    /// always draw the same way.
+    /// A fixed seed of the draw's randomness, for tests (unset: a random 128-bit key each
+    /// start); the same seed, user and request id always roll the same way.
     #[arg(long)]
     seed: Option<u64>,
     /// Worker threads (default: one per core).
@@ -497,7 +497,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.data,
         admin_token,
         share,
-        seed: args.seed.unwrap_or_else(rand::random),
+        seed: args.seed,
         delivery,
         reconcile_every: args.reconcile_every,
     };

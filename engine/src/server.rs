@@ -19,7 +19,7 @@ use crate::cache::StandingCache;
 use crate::delivery::{DeliverySettings, RocksStore};
 use crate::drops::{DropError, Drops};
 use crate::metrics::Metrics;
-use crate::service::DrawService;
+use crate::service::{DrawKey, DrawService};
 use crate::storage::{Cf, Op, Storage};
 use crate::userlock::UserLocks;
 
@@ -37,8 +37,8 @@ pub struct Settings {
     pub admin_token: String,
     /// This node's share of every quota and rate.
     pub share: NodeShare,
-    /// Seed of the draw's randomness.
-    pub seed: u64,
+    /// A fixed seed of the draw's randomness (tests, `--seed`); `None`: a random 128-bit key.
+    pub seed: Option<u64>,
     /// Partner secrets, allowed hosts, lane bounds.
     pub delivery: DeliverySettings,
     /// How often reconciliation runs.
@@ -215,7 +215,9 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         standings: StandingCache::new(crate::cache::DEFAULT_CAPACITY),
         metrics: Metrics::default(),
         clock,
-        seed: settings.seed,
+        draw_key: settings
+            .seed
+            .map_or_else(|| DrawKey(rand::random()), DrawKey::from_seed),
         drops: Drops::new(config_dir(&settings.config_path)),
         deliveries: Deliveries::new(
             Arc::new(RocksStore(storage_for_lanes)),

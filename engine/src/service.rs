@@ -9,7 +9,7 @@ use quota::clock::Clock;
 use quota::config::{format_ms, Campaign, DropTask, PrizeKind, Round};
 use quota::draw::{DrawPlan, Outcome, UserStanding, MAX_SHAKES};
 use quota::ids::check_id;
-use quota::schedule::{fnv1a, NotLive};
+use quota::schedule::NotLive;
 use quota::store::{ConfigStore, Snapshot};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -43,6 +43,42 @@ pub struct DrawRequest {
 
 fn one() -> u32 {
     1
+}
+
+/// The secret key of the draws' randomness. A request's randomness is SipHash-1-3 of its
+/// idempotency key under this key: a keyed hash, so nobody without the key can make a request
+/// id that rolls the way an earlier, winning one did (with a plain hash of the ids, two ids
+/// whose hashes collide roll alike).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DrawKey(pub [u8; 16]);
+
+impl DrawKey {
+    /// A fixed key from a seed (tests and `--seed`): the seed's bytes twice.
+    pub fn from_seed(seed: u64) -> DrawKey {
+        let b = seed.to_le_bytes();
+        let mut key = [0; 16];
+        key[..8].copy_from_slice(&b);
+        key[8..].copy_from_slice(&b);
+        DrawKey(key)
+    }
+
+    /// The randomness of the request with idempotency key `request_key` (and geo drop
+    /// `drop`, for a claim).
+    fn rng(&self, request_key: &[u8], drop: Option<u32>) -> SmallRng {
+        use std::hash::Hasher;
+        let mut h = siphasher::sip::SipHasher13::new_with_key(&self.0);
+        h.write(request_key);
+        if let Some(drop) = drop {
+            h.write_u32(drop);
+        }
+        SmallRng::seed_from_u64(h.finish())
+    }
+}
+
+impl std::fmt::Debug for DrawKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DrawKey(secret)")
+    }
 }
 
 /// The user's lock, or the stored answer of a request seen before.
@@ -179,8 +215,8 @@ pub struct DrawService {
     pub metrics: Metrics,
     /// Time.
     pub clock: Arc<dyn Clock>,
-    /// Seed of every draw's randomness (mixed with the user and request id).
-    pub seed: u64,
+    /// The secret key of every draw's randomness (keyed with the request's idempotency key).
+    pub draw_key: DrawKey,
     /// Geo drop tasks: the live index set and region counts.
     pub drops: crate::drops::Drops,
     /// Partner lanes; a durable win's delivery is queued on its partner's lane.
@@ -278,11 +314,7 @@ impl DrawService {
         };
         let (loaded, cached) = self.standing(round, campaign, &req.user)?;
         let now_ms = self.clock.now_ms();
-        let mut rng = SmallRng::seed_from_u64(
-            self.seed
-                ^ fnv1a(req.user.as_bytes())
-                ^ fnv1a(req.request_id.as_bytes()).rotate_left(17),
-        );
+        let mut rng = self.draw_key.rng(&key, None);
         let plan = self.plan(
             snapshot, round, &req.user, loaded, req.shakes, now_ms, &mut rng,
         );
@@ -561,9 +593,7 @@ impl DrawService {
             TakeError::Retired => republishing(),
         })?;
         let now_ms = self.clock.now_ms();
-        let mut rng = SmallRng::seed_from_u64(
-            self.seed ^ fnv1a(&request_key).rotate_left(29) ^ u64::from(drop),
-        );
+        let mut rng = self.draw_key.rng(&request_key, Some(drop));
         let plan = self.plan(snapshot, round, &req.user, loaded, 1, now_ms, &mut rng);
         let Some(standing) = plan.standing.filter(|_| !plan.wins.is_empty()) else {
             claims.give_back(drop);
@@ -705,5 +735,26 @@ fn win_view(
         sku,
         at: format_ms(at_ms),
         at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DrawKey;
+    use rand::Rng;
+
+    fn rolls(key: DrawKey, request: &[u8], drop: Option<u32>) -> Vec<u64> {
+        let mut rng = key.rng(request, drop);
+        (0..8).map(|_| rng.gen()).collect()
+    }
+
+    #[test]
+    fn a_requests_randomness_follows_its_key_its_id_and_its_drop() {
+        let (a, b) = (DrawKey::from_seed(1), DrawKey::from_seed(2));
+        assert_eq!(rolls(a, b"u\0r1", None), rolls(a, b"u\0r1", None));
+        assert_ne!(rolls(a, b"u\0r1", None), rolls(b, b"u\0r1", None));
+        assert_ne!(rolls(a, b"u\0r1", None), rolls(a, b"u\0r2", None));
+        assert_ne!(rolls(a, b"u\0r1", Some(1)), rolls(a, b"u\0r1", Some(2)));
+        assert_eq!(format!("{a:?}"), "DrawKey(secret)", "the key is not logged");
     }
 }

@@ -341,7 +341,7 @@ pub fn settings(config_path: &Path, data_dir: &Path, share: NodeShare) -> Settin
         data_dir: data_dir.to_path_buf(),
         admin_token: TOKEN.to_string(),
         share,
-        seed: SEED,
+        seed: Some(SEED),
         delivery: Default::default(),
         reconcile_every: Duration::from_secs(3600),
         operators: operators(),
