@@ -15,7 +15,7 @@ use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, Salt
 use argon2::{Argon2, PasswordVerifier};
 use quota::config::RawConfig;
 use serde::{Deserialize, Serialize};
-use warp::http::StatusCode;
+use warp::http::{header, HeaderMap, StatusCode};
 use warp::Filter;
 
 use crate::delivery::WindowLimiter;
@@ -199,30 +199,91 @@ pub struct Credentials {
     csrf: Option<String>,
     /// The method changes something (anything but GET and HEAD).
     mutates: bool,
+    /// A credential header (or the session cookie) that is not printable ASCII: the request is
+    /// refused naming it, whatever else it carries.
+    unreadable: Option<&'static str>,
 }
 
-/// Extracts a request's [`Credentials`].
-pub fn credentials() -> impl Filter<Extract = (Credentials,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and(warp::cookie::optional::<String>(SESSION_COOKIE))
-        .and(warp::header::optional::<String>(CSRF_HEADER))
-        .and(warp::method())
-        .map(
-            |auth: Option<String>, session, csrf, method: warp::http::Method| {
-                // The scheme name is case-insensitive (RFC 9110 §11.1).
-                let bearer = auth
-                    .as_deref()
-                    .and_then(|h| h.split_once(' '))
-                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                    .map(|(_, token)| token.trim().to_string());
-                Credentials {
-                    bearer,
-                    session,
-                    csrf,
-                    mutates: !matches!(method, warp::http::Method::GET | warp::http::Method::HEAD),
-                }
-            },
-        )
+/// Extracts a request's [`Credentials`]. It never rejects: a header it cannot read is
+/// refused, naming it, once the route is known (a rejection would let the request fall
+/// through to other routes and end as a 404 or 405).
+pub fn credentials(
+) -> impl Filter<Extract = (Credentials,), Error = std::convert::Infallible> + Clone {
+    warp::header::headers_cloned().and(warp::method()).map(
+        |headers: HeaderMap, method: warp::http::Method| {
+            Credentials::from_headers(&headers, &method)
+        },
+    )
+}
+
+impl Credentials {
+    fn from_headers(headers: &HeaderMap, method: &warp::http::Method) -> Self {
+        let mut unreadable = None;
+        let mut text = |name: &'static str, value: Result<Option<String>, ()>| {
+            value.unwrap_or_else(|()| {
+                unreadable.get_or_insert(name);
+                None
+            })
+        };
+        let auth = text("authorization", header_text(headers, header::AUTHORIZATION));
+        let csrf = text(CSRF_HEADER, header_text(headers, CSRF_HEADER));
+        let session = text("cookie", session_cookie(headers));
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
+        let bearer = auth
+            .as_deref()
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().to_string());
+        Credentials {
+            bearer,
+            session,
+            csrf,
+            mutates: !matches!(*method, warp::http::Method::GET | warp::http::Method::HEAD),
+            unreadable,
+        }
+    }
+
+    /// 400 naming the credential header that could not be read, if there is one.
+    fn readable(&self) -> Result<(), ApiError> {
+        match self.unreadable {
+            Some(name) => Err(ApiError::header(
+                name,
+                "credentials must be printable ASCII",
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A header's value as text (`Err` when it is not printable ASCII).
+fn header_text(headers: &HeaderMap, name: impl header::AsHeaderName) -> Result<Option<String>, ()> {
+    headers
+        .get(name)
+        .map(|v| v.to_str().map(String::from).map_err(|_| ()))
+        .transpose()
+}
+
+/// The session cookie's value (`Err` when it is not printable ASCII). The other cookies are
+/// skipped unread: other pages on the host may set cookies of any bytes, and those must not
+/// lock an operator out.
+fn session_cookie(headers: &HeaderMap) -> Result<Option<String>, ()> {
+    let pairs = headers
+        .get_all(header::COOKIE)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'));
+    for pair in pairs {
+        let value = pair
+            .trim_ascii()
+            .strip_prefix(SESSION_COOKIE.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b"="));
+        if let Some(value) = value {
+            return match std::str::from_utf8(value) {
+                Ok(v) if v.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(v.to_string())),
+                _ => Err(()),
+            };
+        }
+    }
+    Ok(None)
 }
 
 #[derive(Debug, Clone)]
@@ -384,6 +445,7 @@ impl Admin {
 
     /// The live session the credentials carry.
     pub fn session(&self, creds: &Credentials, now_ms: u64) -> Result<SessionView, ApiError> {
+        creds.readable()?;
         let token = creds.session.as_deref().ok_or_else(unauthorized)?;
         let mut sessions = self.sessions.lock();
         match sessions.get(token) {
@@ -404,6 +466,7 @@ impl Admin {
         need: Role,
         now_ms: u64,
     ) -> Result<Principal, ApiError> {
+        creds.readable()?;
         let who = match &creds.bearer {
             Some(token) if constant_time_eq(token.as_bytes(), self.token.as_bytes()) => Principal {
                 name: TOKEN_OPERATOR.into(),
@@ -561,7 +624,28 @@ mod tests {
             session: session.map(String::from),
             csrf: csrf.map(String::from),
             mutates,
+            unreadable: None,
         }
+    }
+
+    /// Another page's cookie of any bytes must not lock an operator out; the session cookie
+    /// itself must be text.
+    #[test]
+    fn only_the_session_cookie_is_read() {
+        let with = |values: &[&[u8]]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::COOKIE, header::HeaderValue::from_bytes(v).unwrap());
+            }
+            session_cookie(&h)
+        };
+        assert_eq!(with(&[]), Ok(None));
+        assert_eq!(with(&[b"theme=dark"]), Ok(None));
+        let ours = Ok(Some("ab12".to_string()));
+        assert_eq!(with(&[b"theme=\xff\xfe; redrain_session=ab12"]), ours);
+        assert_eq!(with(&[b"theme=\xff", b"redrain_session=ab12;x=1"]), ours);
+        assert_eq!(with(&[b"redrain_sessionx=1; redrain_session=ab12"]), ours);
+        assert_eq!(with(&[b"redrain_session=\xc3\xa9"]), Err(()));
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! point uploads, the live dashboard, the drop map, deliveries, reconciliation and the audit
 //! log. Every route names the role it needs; see [`crate::admin`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,9 +18,10 @@ use warp::Filter;
 use crate::admin::{config_value, credentials, Credentials, Principal, Role, SESSION_COOKIE};
 use crate::api::Segment;
 use crate::api::{
-    delivery_error, delivery_id, error_reply, json_ok, pending_body, PendingBody, Reply,
+    count_param, delivery_error, delivery_id, error_reply, json_ok, pending_body, raw_query,
+    PendingBody, Reply,
 };
-use crate::error::{parse_json, ApiError};
+use crate::error::{malformed_json, malformed_toml, parse_json, parse_query, ApiError};
 use crate::server::{App, PublishFailure};
 use crate::storage::{Cf, Op};
 use quota::store::PublishError;
@@ -50,7 +50,6 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .and(warp::path("api"))
         .and(credentials())
         .and(with_app.clone());
-    let query = || warp::query::<HashMap<String, String>>();
     // A GET with nothing but the caller: `handler(app, who)` answers it.
     macro_rules! read {
         ($path:expr, $role:ident, $handler:expr) => {
@@ -160,7 +159,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .clone()
         .and(warp::path!("uploads"))
         .and(warp::post())
-        .and(query())
+        .and(raw_query())
         .and(pending_body())
         .then(|creds, app, q, body| {
             answer(app, creds, Role::Editor, |app, who| {
@@ -174,10 +173,11 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .clone()
         .and(warp::path!("audit"))
         .and(warp::get())
-        .and(query())
-        .then(|creds, app, q: HashMap<String, String>| {
+        .and(raw_query())
+        .then(|creds, app, q: String| {
             answer(app, creds, Role::Viewer, |app, _| async move {
-                let limit = count_param(&q, "limit", 200, crate::admin::MAX_AUDIT_LISTED)?;
+                let q: AuditQuery = parse_query(&q)?;
+                let limit = count_param("limit", q.limit, 200, crate::admin::MAX_AUDIT_LISTED)?;
                 let entries = crate::admin::audit_log(&app.service.storage, limit)
                     .map_err(ApiError::unavailable)?;
                 json_ok(&json!({ "entries": entries }))
@@ -190,14 +190,12 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .clone()
         .and(warp::path!("drops" / Segment / "map"))
         .and(warp::get())
-        .and(query())
-        .then(
-            |creds, app, Segment(task): Segment, q: HashMap<String, String>| {
-                answer(app, creds, Role::Viewer, |app, _| {
-                    scan(app, move |app| drop_map(&app, &task, &q))
-                })
-            },
-        );
+        .and(raw_query())
+        .then(|creds, app, Segment(task): Segment, q: String| {
+            answer(app, creds, Role::Viewer, |app, _| {
+                scan(app, move |app| drop_map(&app, &task, &q))
+            })
+        });
 
     let delivery = read!(
         warp::path!("delivery"),
@@ -250,22 +248,13 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .clone()
         .and(warp::path!("reconciliation"))
         .and(warp::get())
-        .and(query())
-        .then(|creds, app, q: HashMap<String, String>| {
+        .and(raw_query())
+        .then(|creds, app, q: String| {
             answer(app, creds, Role::Viewer, |app, _| async move {
-                let run = match q.get("run").map(String::as_str) {
-                    None | Some("false") => false,
-                    Some("true") => true,
-                    Some(other) => {
-                        return Err(ApiError::field(
-                            "run",
-                            format!("must be true or false, got {other:?}"),
-                        ))
-                    }
-                };
+                let q: ReconciliationQuery = parse_query(&q)?;
                 let latest = app.reconciliation.lock().clone();
                 let report = match latest {
-                    Some(r) if !run => r,
+                    Some(r) if !q.run => r,
                     _ => reconcile_now(&app).await?,
                 };
                 json_ok(&*report)
@@ -344,6 +333,23 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Reply,)> {
         .or(page)
         .unify()
         .boxed()
+}
+
+/// A `GET /admin/api/audit` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    /// Most entries, newest first.
+    limit: Option<usize>,
+}
+
+/// A `GET /admin/api/reconciliation` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconciliationQuery {
+    /// Reconcile now rather than answer the latest report.
+    #[serde(default)]
+    run: bool,
 }
 
 fn now(app: &App) -> u64 {
@@ -536,22 +542,31 @@ async fn publish_as(
 
 /// `POST /admin/api/config`: a whole TOML or JSON document (scripts).
 async fn publish_document(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply, ApiError> {
-    let parsed = match std::str::from_utf8(&body) {
-        Ok(text) if !text.trim_start().starts_with('{') => Config::from_toml(text),
-        Ok(_) => Config::from_json(&body),
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_toml",
-                "the config must be UTF-8 TOML or JSON",
-            ))
-        }
-    };
-    let config = parsed.map_err(invalid_config)?;
+    let config = parse_document(&body)?;
     let seq = publish_as(app, who, config, None, "published", Vec::new())
         .await?
         .map_err(publish_error)?;
     json_ok(&json!({ "seq": seq }))
+}
+
+/// A config document, JSON when it starts with `{`, else TOML: 400 naming where a document
+/// that is not well-formed breaks, 422 naming every field of one that is not a valid config.
+fn parse_document(body: &[u8]) -> Result<Config, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError {
+        code: "malformed_toml",
+        ..ApiError::field("body", "the config must be UTF-8 TOML or JSON")
+    })?;
+    // quota's parse names a bad field by its path but does not tell a broken document from a
+    // bad field (toml's errors cannot), so the syntax is checked on its own first: a config is
+    // at most `MAX_CONFIG_BODY` and published rarely, so the second parse costs little.
+    if text.trim_start().starts_with('{') {
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| malformed_json(&e))?;
+        Config::from_json(body).map_err(invalid_config)
+    } else {
+        text.parse::<toml::Table>()
+            .map_err(|e| malformed_toml(text, &e))?;
+        Config::from_toml(text).map_err(invalid_config)
+    }
 }
 
 /// The draft as stored (meta `draft`).
@@ -822,18 +837,23 @@ async fn kill_switch(app: Arc<App>, who: Principal, body: Bytes) -> Result<Reply
     }
 }
 
+/// A `POST /admin/api/uploads` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadQuery {
+    /// The file's name: `{stem}.csv`, `.geojson` or `.json`.
+    name: String,
+}
+
 /// Stores an uploaded POI or zone file under `DATA/uploads/`, named by its content so an
 /// upload never changes a file a published task reads; answers the path to put in the task.
 async fn upload(
     app: Arc<App>,
     who: Principal,
-    q: HashMap<String, String>,
+    query: String,
     body: PendingBody,
 ) -> Result<Reply, ApiError> {
-    let name = q
-        .get("name")
-        .ok_or_else(|| ApiError::field("name", "is required"))?
-        .clone();
+    let UploadQuery { name } = parse_query(&query)?;
     let (stem, ext) = name
         .rsplit_once('.')
         .filter(|(stem, ext)| {
@@ -1007,25 +1027,42 @@ fn drop_tasks(app: &App) -> Value {
     json!({ "tasks": tasks })
 }
 
+/// A `GET /admin/api/drops/{task}/map` query: the box, and most drops answered one by one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MapQuery {
+    south: f64,
+    west: f64,
+    north: f64,
+    east: f64,
+    max: Option<usize>,
+}
+
 /// `GET /admin/api/drops/{task}/map`: the drops in a box, one by one or as a density grid.
-fn drop_map(app: &App, task: &str, q: &HashMap<String, String>) -> Result<Reply, ApiError> {
-    let coord = |name: &str, lo: f64, hi: f64| -> Result<f64, ApiError> {
-        let v = crate::api::number_param(q, name)?;
+fn drop_map(app: &App, task: &str, query: &str) -> Result<Reply, ApiError> {
+    let q: MapQuery = parse_query(query)?;
+    let coord = |name: &str, v: f64, lo: f64, hi: f64| -> Result<f64, ApiError> {
         if (lo..=hi).contains(&v) {
             Ok(v)
         } else {
             Err(ApiError::field(name, format!("must be from {lo} to {hi}")))
         }
     };
-    let (south, north) = (coord("south", -90.0, 90.0)?, coord("north", -90.0, 90.0)?);
-    let (west, east) = (coord("west", -180.0, 180.0)?, coord("east", -180.0, 180.0)?);
+    let (south, north) = (
+        coord("south", q.south, -90.0, 90.0)?,
+        coord("north", q.north, -90.0, 90.0)?,
+    );
+    let (west, east) = (
+        coord("west", q.west, -180.0, 180.0)?,
+        coord("east", q.east, -180.0, 180.0)?,
+    );
     if south >= north || west >= east {
         return Err(ApiError::field(
             "south",
             "the box needs south < north and west < east",
         ));
     }
-    let max = count_param(q, "max", 2000, MAX_MAP_POINTS)?;
+    let max = count_param("max", q.max, 2000, MAX_MAP_POINTS)?;
     let set = app.service.drops.load();
     let entry = set
         .entry(task)
@@ -1065,29 +1102,6 @@ fn drop_map(app: &App, task: &str, q: &HashMap<String, String>) -> Result<Reply,
             "mode": "density", "per_drop": per_drop, "total": total,
             "rows": MAP_GRID, "cols": MAP_GRID, "cells": cells,
         }))
-    }
-}
-
-/// A whole-number query parameter from 1 to `max`, `default` when absent.
-fn count_param(
-    q: &HashMap<String, String>,
-    name: &str,
-    default: usize,
-    max: usize,
-) -> Result<usize, ApiError> {
-    match q.get(name) {
-        None => Ok(default),
-        Some(text) => text
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| {
-                ApiError::field(
-                    name,
-                    format!("must be a whole number from 1 to {max}, got {text:?}"),
-                )
-            }),
     }
 }
 

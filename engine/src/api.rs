@@ -17,13 +17,12 @@ use warp::{Buf, Filter, Rejection};
 
 use crate::delivery::RocksStore;
 use crate::drops::{DEFAULT_NEARBY, MAX_NEARBY};
-use crate::error::{parse_json, ApiError};
+use crate::error::{parse_json, parse_query, ApiError};
 use crate::server::App;
 use crate::service::{ClaimRequest, DrawRequest, WinRecord};
 use crate::storage::Cf;
 use redrain_delivery::record::Store;
 use redrain_geo::Coord;
-use std::collections::HashMap;
 
 /// Largest draw request body.
 pub const MAX_DRAW_BODY: usize = 4 << 10;
@@ -90,9 +89,9 @@ pub fn routes(
         );
     let nearby = warp::path!("v1" / "drops" / "nearby")
         .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(raw_query())
         .and(with_app.clone())
-        .map(|q: HashMap<String, String>, app: Arc<App>| timed(&app, || nearby(&app, &q)));
+        .map(|q: String, app: Arc<App>| timed(&app, || nearby(&app, &q)));
     let region = warp::path!("v1" / "regions" / Segment)
         .and(warp::get())
         .and(with_app.clone())
@@ -386,43 +385,43 @@ fn user_wins(app: &App, user: &str) -> Result<Reply, ApiError> {
     json_ok(&json!({"user": user, "wins": wins, "truncated": truncated}))
 }
 
-/// A query parameter parsed as a finite-or-not number; 400 naming it when absent or not a
-/// number.
-pub(crate) fn number_param(q: &HashMap<String, String>, name: &str) -> Result<f64, ApiError> {
-    let text = q
-        .get(name)
-        .ok_or_else(|| ApiError::field(name, "is required"))?;
-    text.trim()
-        .parse::<f64>()
-        .map_err(|_| ApiError::field(name, format!("must be a number, got {text:?}")))
+/// The request's query string as sent (empty when there is none). Routes parse it with
+/// [`parse_query`] in their handler, so a bad one gets our JSON error naming the parameter
+/// (and, on admin routes, only once the caller is checked) instead of a rejection.
+pub(crate) fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
-fn nearby(app: &App, q: &HashMap<String, String>) -> Result<Reply, ApiError> {
-    if let Some(unknown) = q
-        .keys()
-        .find(|k| !matches!(k.as_str(), "lat" | "lng" | "limit"))
-    {
-        return Err(ApiError::field(
-            unknown.as_str(),
-            "unknown parameter (expected lat, lng, limit)",
-        ));
+/// A count parameter from 1 to `max`, `default` when absent; 400 naming it otherwise.
+pub(crate) fn count_param(
+    name: &str,
+    value: Option<usize>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::field(
+            name,
+            format!("must be from 1 to {max}, got {n}"),
+        )),
     }
-    let at = Coord::new(number_param(q, "lat")?, number_param(q, "lng")?)
-        .map_err(|e| ApiError::field(e.field, e.problem))?;
-    let limit = match q.get("limit") {
-        None => DEFAULT_NEARBY,
-        Some(text) => text
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_NEARBY).contains(n))
-            .ok_or_else(|| {
-                ApiError::field(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_NEARBY}, got {text:?}"),
-                )
-            })?,
-    };
+}
+
+/// A `GET /v1/drops/nearby` query.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NearbyQuery {
+    lat: f64,
+    lng: f64,
+    limit: Option<usize>,
+}
+
+fn nearby(app: &App, query: &str) -> Result<Reply, ApiError> {
+    let q: NearbyQuery = parse_query(query)?;
+    let at = Coord::new(q.lat, q.lng).map_err(|e| ApiError::field(e.field, e.problem))?;
+    let limit = count_param("limit", q.limit, DEFAULT_NEARBY, MAX_NEARBY)?;
     let svc = &app.service;
     let (set, snap) = svc.drops.consistent(|| svc.store.load()).ok_or_else(|| {
         ApiError::new(
@@ -555,19 +554,17 @@ impl PendingBody {
 }
 
 async fn rejection(r: Rejection) -> Result<Reply, Infallible> {
-    let e = if r.is_not_found() {
+    // A request every route refused: a route that refused it for a bad header tells more than
+    // one whose path or method did not match (warp ranks them the same way).
+    let e = if let Some(h) = r.find::<warp::reject::InvalidHeader>() {
+        ApiError::header(h.name(), "is invalid")
+    } else if r.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "this route does not take that method",
-        )
-    } else if let Some(h) = r.find::<warp::reject::InvalidHeader>() {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_header",
-            format!("header {} is invalid", h.name()),
         )
     } else {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{r:?}"))

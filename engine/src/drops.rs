@@ -736,13 +736,38 @@ fn prize_summary(task: &DropTask) -> serde_json::Value {
     prizes.into()
 }
 
-/// Splits a drop id `{task}:{n}` into its task and number.
-pub fn parse_drop_id(id: &str) -> Option<(&str, u32)> {
-    let (task, n) = id.rsplit_once(':')?;
-    if task.is_empty() || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+/// Why a text is not a drop id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DropIdError {
+    /// Not `{task}:{n}` with a task and a drop number that fits 32 bits.
+    #[error("{0:?} is not a drop id ({{task}}:{{number}})")]
+    Malformed(String),
+    /// A drop number with leading zeros: one drop has one id, so it is refused, not read.
+    #[error("{given:?} is not how the drop is written; its id is {canonical:?}")]
+    NotCanonical {
+        /// The id as sent.
+        given: String,
+        /// The drop's one id.
+        canonical: String,
+    },
+}
+
+/// Splits a drop id `{task}:{n}` into its task and number; only the canonical form (the
+/// number without leading zeros, as nearby lists it) is a drop id.
+pub fn parse_drop_id(id: &str) -> Result<(&str, u32), DropIdError> {
+    let malformed = || DropIdError::Malformed(id.to_string());
+    let (task, digits) = id.rsplit_once(':').ok_or_else(malformed)?;
+    if task.is_empty() || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(malformed());
     }
-    Some((task, n.parse().ok()?))
+    let n: u32 = digits.parse().map_err(|_| malformed())?;
+    if digits != n.to_string() {
+        return Err(DropIdError::NotCanonical {
+            given: id.to_string(),
+            canonical: format!("{task}:{n}"),
+        });
+    }
+    Ok((task, n))
 }
 
 #[cfg(test)]
@@ -751,12 +776,36 @@ mod tests {
 
     #[test]
     fn drop_ids_split_at_the_last_colon() {
-        assert_eq!(parse_drop_id("mall:12"), Some(("mall", 12)));
-        assert_eq!(parse_drop_id("a:b:7"), Some(("a:b", 7)));
-        assert_eq!(parse_drop_id("mall:"), None);
-        assert_eq!(parse_drop_id(":3"), None);
-        assert_eq!(parse_drop_id("mall:-1"), None);
-        assert_eq!(parse_drop_id("mall:99999999999"), None);
+        assert_eq!(parse_drop_id("mall:12"), Ok(("mall", 12)));
+        assert_eq!(parse_drop_id("a:b:7"), Ok(("a:b", 7)));
+        assert_eq!(parse_drop_id("mall:0"), Ok(("mall", 0)));
+        for malformed in [
+            "mall",
+            "mall:",
+            ":3",
+            "mall:-1",
+            "mall:+1",
+            "mall:99999999999",
+        ] {
+            assert_eq!(
+                parse_drop_id(malformed),
+                Err(DropIdError::Malformed(malformed.into()))
+            );
+        }
+    }
+
+    /// `mall:012` named drop 12 too: one drop had many ids.
+    #[test]
+    fn a_drop_number_with_leading_zeros_is_refused_naming_the_drops_id() {
+        for (given, canonical) in [("mall:012", "mall:12"), ("mall:00", "mall:0")] {
+            assert_eq!(
+                parse_drop_id(given),
+                Err(DropIdError::NotCanonical {
+                    given: given.into(),
+                    canonical: canonical.into()
+                })
+            );
+        }
     }
 
     #[test]

@@ -553,7 +553,16 @@ pub async fn serve<F>(
     F: warp::Filter<Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
 {
-    let service = hyper_util::service::TowerToHyperService::new(warp::service(routes));
+    let routes = hyper_util::service::TowerToHyperService::new(warp::service(routes));
+    // HEAD is GET without the body (RFC 9110 §9.3.2): every GET route answers it, and hyper,
+    // which knows the request was a HEAD, sends the head and not the body.
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            if req.method() == hyper::Method::HEAD {
+                *req.method_mut() = hyper::Method::GET;
+            }
+            hyper::service::Service::call(&routes, req)
+        });
     let limits = redrain_delivery::serve::Limits {
         max_connections: MAX_CONNECTIONS,
         drain,

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use warp::http::StatusCode;
 
 use crate::cache::StandingCache;
-use crate::drops::{parse_drop_id, Entry, TakeError};
+use crate::drops::{parse_drop_id, DropIdError, Entry, TakeError};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::storage::{
@@ -529,12 +529,18 @@ impl DrawService {
             .drops
             .consistent(|| self.store.load())
             .ok_or_else(republishing)?;
-        let (task, drop) = parse_drop_id(drop_id)
-            .filter(|(task, n)| {
-                set.entry(task)
-                    .is_some_and(|e| (*n as usize) < e.live.coords.len())
-            })
-            .ok_or_else(|| ApiError::not_found("drop", drop_id))?;
+        let (task, drop) = match parse_drop_id(drop_id) {
+            Ok(parsed) => Some(parsed),
+            Err(e @ DropIdError::NotCanonical { .. }) => {
+                return Err(ApiError::field("drop", e.to_string()))
+            }
+            Err(DropIdError::Malformed(_)) => None,
+        }
+        .filter(|(task, n)| {
+            set.entry(task)
+                .is_some_and(|e| (*n as usize) < e.live.coords.len())
+        })
+        .ok_or_else(|| ApiError::not_found("drop", drop_id))?;
         let (task, drop_id) = (task.to_string(), drop_id.to_string());
         // As for draws: run to completion even if the client goes away.
         let this = self.clone();

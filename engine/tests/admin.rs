@@ -659,6 +659,66 @@ async fn uploads_are_checked_and_the_map_answers_points_or_density() {
     server.stop().await;
 }
 
+/// Admin query strings ignored what they did not know (`audit?limt=5` listed 200 entries) and
+/// took the last of a repeated parameter: an unknown, repeated or mistyped one gets our JSON
+/// 400 naming it, only once the caller is checked, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_repeated_query_parameters_are_refused_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &config(), t0()).await;
+    let mut c = server.conn().await;
+    let pat = Session::login(&mut c, "pat").await;
+    let map = "/admin/api/drops/nowhere/map?south=1&west=1&north=2";
+    let cases = [
+        (Method::GET, "/admin/api/audit?limt=5".to_string(), "limt"),
+        (
+            Method::GET,
+            "/admin/api/audit?limit=1&limit=500".into(),
+            "limit",
+        ),
+        (Method::GET, "/admin/api/audit?limit=many".into(), "limit"),
+        (Method::GET, "/admin/api/audit?limit=0".into(), "limit"),
+        (
+            Method::GET,
+            "/admin/api/reconciliation?run=true&now=1".into(),
+            "now",
+        ),
+        (Method::GET, format!("{map}&east=2&zoom=3"), "zoom"),
+        (Method::GET, map.to_string(), "east"),
+        (
+            Method::POST,
+            "/admin/api/uploads?name=a.csv&replace=1".into(),
+            "replace",
+        ),
+    ];
+    for (method, path, field) in cases {
+        let r = pat
+            .send_raw(&mut c, method.clone(), &path, "lat,lng\n31.2,121.4\n")
+            .await;
+        let v = r.json();
+        assert_eq!(
+            (r.status, v["code"].as_str(), v["field"].as_str()),
+            (400, Some("invalid_field"), Some(field)),
+            "{method} {path}: {v}"
+        );
+        assert!(v["message"].as_str().unwrap().starts_with(field), "{v}");
+    }
+    // A stranger learns nothing of the query: the caller is checked first.
+    let r = c
+        .send(Method::GET, "/admin/api/audit?limt=5", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert!(
+        !server.data_dir.join("uploads").exists(),
+        "a refused upload stored nothing"
+    );
+    let audit = pat.get(&mut c, "/admin/api/audit?limit=1").await;
+    assert_eq!(audit.status, 200);
+    assert_eq!(audit.json()["entries"].as_array().unwrap().len(), 1);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn the_page_is_served_with_a_strict_content_security_policy() {
     let dir = tempfile::tempdir().unwrap();

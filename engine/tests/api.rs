@@ -575,11 +575,47 @@ async fn publish_refusals_leave_the_live_config_untouched() {
         "{}",
         r.json()
     );
-    let r = publish(&mut c, "[[rounds]\nid = ", "application/toml", Some(TOKEN)).await;
-    assert_eq!(
-        (r.status, r.json()["code"].as_str()),
-        (422, Some("invalid_config"))
-    );
+    // A document that is not TOML or JSON at all: a 400 naming the body and where it breaks,
+    // as a draw's broken body gets (it was a 422 naming the field "?").
+    for (body, content_type, code, at) in [
+        (
+            "[campaign]\nid = \"x\"\n[[rounds]\nid = 1\n",
+            "application/toml",
+            "malformed_toml",
+            " at line 3 column 9",
+        ),
+        (
+            "[[rounds]]\nid = ",
+            "application/toml",
+            "malformed_toml",
+            " at line 2 column 6",
+        ),
+        (
+            "{\n  \"campaigns\": [\n    {\"id\": \"c\",}\n  ]\n}",
+            "application/json",
+            "malformed_json",
+            " at line 3 column 16",
+        ),
+        (
+            "{\"campaigns\": [",
+            "application/json",
+            "malformed_json",
+            " at line 1 column 15",
+        ),
+    ] {
+        let r = publish(&mut c, body, content_type, Some(TOKEN)).await;
+        let e = r.json();
+        assert_eq!(
+            (r.status, e["code"].as_str(), e["field"].as_str()),
+            (400, Some(code), Some("body")),
+            "{body:?}: {e}"
+        );
+        let message = e["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("body: ") && message.ends_with(at),
+            "{body:?}: {message}"
+        );
+    }
     // An empty document would replace the live config with nothing: refused, naming the field.
     for (body, content_type) in [
         ("", "application/toml"),
@@ -786,8 +822,6 @@ enum F {
     Absent,
     /// "field" is exactly this.
     Is(&'static str),
-    /// Either way.
-    Any,
     /// "field" is this, or the message names it in backquotes.
     Named(&'static str),
 }
@@ -807,7 +841,7 @@ fn bad_requests(
             r#"{"user":"u1","request_id":"#.into(),
             400,
             "malformed_json",
-            F::Any,
+            F::Is("body"),
         ),
         (
             Method::POST,
@@ -815,7 +849,7 @@ fn bad_requests(
             "not json".into(),
             400,
             "malformed_json",
-            F::Absent,
+            F::Is("body"),
         ),
         (
             Method::POST,
@@ -823,7 +857,7 @@ fn bad_requests(
             "".into(),
             400,
             "malformed_json",
-            F::Absent,
+            F::Is("body"),
         ),
         (
             Method::POST,
@@ -831,7 +865,7 @@ fn bad_requests(
             r#"{"user":"u1","request_id":"r1","shakes":1} trailing"#.into(),
             400,
             "malformed_json",
-            F::Absent,
+            F::Is("body"),
         ),
         (
             Method::POST,
@@ -1174,14 +1208,16 @@ async fn bad_input_gets_a_json_4xx_and_changes_nothing() {
         let field_ok = match field {
             F::Absent => v.get("field").is_none(),
             F::Is(f) => v["field"] == *f,
-            F::Any => true,
             // The field at fault must be named, in "field" or at least in the message.
             F::Named(f) => {
                 v["field"] == *f
                     || (v.get("field").is_none() && message.contains(&format!("`{f}`")))
             }
         };
-        if r.status != *status || v["code"] != *code || message.is_empty() || !field_ok {
+        // A body that is not JSON is named with where it breaks.
+        let located = *code != "malformed_json" || message.contains(" at line ");
+        if r.status != *status || v["code"] != *code || message.is_empty() || !field_ok || !located
+        {
             failures.push(format!(
                 "{method} {path} {short:?}: want {status} {code} field {field:?}; got {} {}",
                 r.status,
@@ -1258,6 +1294,160 @@ async fn missing_and_duplicate_fields_are_named_in_field() {
         "the field at fault is not in \"field\":\n{}",
         wrong.join("\n")
     );
+}
+
+/// Sends `request` on a fresh connection (it must say `connection: close`) and reads until the
+/// server closes: (status, header block, whatever followed it).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut buf));
+    read.await
+        .expect("the server closes the connection")
+        .unwrap();
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no whole head: {:?}", String::from_utf8_lossy(&buf)));
+    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    (head[9..12].parse().unwrap(), head, buf[end + 4..].to_vec())
+}
+
+/// HEAD /healthz got a 405: HEAD is GET without the body (RFC 9110 §9.3.2), so every GET
+/// route answers it with the GET's status and headers, and no body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_answered_like_get_without_a_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &win_config(), t0()).await;
+    let auth = format!("authorization: Bearer {TOKEN}\r\n");
+    for (path, headers) in [
+        ("/healthz", ""),
+        ("/v1/rounds", ""),
+        ("/v1/rounds/r", ""),
+        ("/metrics", ""),
+        ("/v1/users/u1/wins", ""),
+        ("/admin/api/config", auth.as_str()),
+        ("/admin/", ""),
+    ] {
+        let get = format!("GET {path} HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n");
+        let (get_status, get_head, get_body) = raw_exchange(server.addr, get.as_bytes()).await;
+        assert_eq!(get_status, 200, "GET {path}");
+        assert!(!get_body.is_empty(), "GET {path}");
+        let head = get.replacen("GET", "HEAD", 1);
+        let (status, head, body) = raw_exchange(server.addr, head.as_bytes()).await;
+        assert_eq!(status, 200, "HEAD {path}: {head}");
+        assert!(body.is_empty(), "HEAD {path} sent a body: {body:?}");
+        let content_type = |h: &str| {
+            h.lines()
+                .find(|l| l.starts_with("content-type:"))
+                .map(String::from)
+        };
+        assert_eq!(content_type(&head), content_type(&get_head), "HEAD {path}");
+    }
+    // A HEAD asks for nothing but what a GET would get: a POST route still refuses it.
+    let (status, _, body) = raw_exchange(
+        server.addr,
+        b"HEAD /v1/rounds/r/draw HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((status, body.len()), (405, 0));
+    server.stop().await;
+}
+
+/// Credential headers that are not text (raw bytes past ASCII) made the admin routes'
+/// credentials filter reject, and the request fell through to the page (404) or to a route of
+/// another method (405). They get a 400 naming the header, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_credential_headers_get_a_400_naming_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &win_config(), t0()).await;
+    let mut c = server.conn().await;
+    let pat = Session::login(&mut c, "pat").await;
+    let (cookie, csrf) = (pat.cookie.as_bytes(), pat.csrf.as_bytes());
+    let kill = br#"{"kind": "round", "id": "r", "paused": true}"#;
+    let request = |method: &str, path: &str, headers: &[&[u8]], body: &[u8]| {
+        let mut r =
+            format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n").into_bytes();
+        for h in headers {
+            r.extend_from_slice(h);
+            r.extend_from_slice(b"\r\n");
+        }
+        r.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        r.extend_from_slice(body);
+        r
+    };
+    let with = |name: &[u8], value: &[u8]| [name, b": ", value].concat();
+    let bad_bearer = with(b"authorization", b"Bearer \xff\xfe-token");
+    let bad_session = with(b"cookie", b"redrain_session=\xc3\xa9t\xe9");
+    let good_session = with(b"cookie", cookie);
+    let bad_csrf = with(b"x-csrf-token", b"\x80\x81");
+    let good_csrf = with(b"x-csrf-token", csrf);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            request("GET", "/admin/api/config", &[&bad_bearer], b""),
+            "authorization",
+        ),
+        (
+            request("POST", "/admin/api/kill", &[&bad_bearer], kill),
+            "authorization",
+        ),
+        (
+            request("GET", "/admin/api/session", &[&bad_session], b""),
+            "cookie",
+        ),
+        (
+            request("POST", "/admin/api/kill", &[&bad_session], kill),
+            "cookie",
+        ),
+        (
+            request("POST", "/admin/api/kill", &[&good_session, &bad_csrf], kill),
+            "x-csrf-token",
+        ),
+        (
+            request(
+                "POST",
+                "/admin/api/kill",
+                &[&bad_bearer, &good_session, &good_csrf],
+                kill,
+            ),
+            "authorization",
+        ),
+        (
+            request(
+                "POST",
+                "/admin/api/login",
+                &[b"x-forwarded-proto: h\xfftps"],
+                b"{}",
+            ),
+            "x-forwarded-proto",
+        ),
+    ];
+    let seq = config_seq(&mut c).await;
+    for (req, field) in &cases {
+        let (status, head, body) = raw_exchange(server.addr, req).await;
+        let line = String::from_utf8_lossy(&req[..req.iter().position(|&b| b == b'\r').unwrap()]);
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        assert_eq!(
+            (status, v["code"].as_str(), v["field"].as_str()),
+            (400, Some("invalid_header"), Some(*field)),
+            "{line} with a bad {field}: {head}\n{v}"
+        );
+    }
+    assert_eq!(
+        config_seq(&mut c).await,
+        seq,
+        "a refused request changed nothing"
+    );
+    // Another page's cookie of any bytes beside the session's does not lock the operator out.
+    let mixed = [b"cookie: theme=\xff\xfe; ".as_slice(), cookie].concat();
+    let (status, _, body) = raw_exchange(
+        server.addr,
+        &request("POST", "/admin/api/kill", &[&mixed, &good_csrf], kill),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    server.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -314,6 +314,7 @@ async fn bad_coordinates_get_a_400_naming_the_parameter() {
         ("lat=31.23&lng=121.47&limit=0", "limit"),
         ("lat=31.23&lng=121.47&limit=101", "limit"),
         ("lat=31.23&lng=121.47&radius=5", "radius"),
+        ("lat=31.23&lng=121.47&lat=1", "lat"),
     ];
     for (query, field) in cases {
         let r = c.get(&format!("/v1/drops/nearby?{query}")).await.unwrap();
@@ -367,6 +368,38 @@ async fn bad_coordinates_get_a_400_naming_the_parameter() {
         wins_of(&mut c, "u").await.is_empty(),
         "bad input changed nothing"
     );
+    server.stop().await;
+}
+
+/// `grid:044` named the drop `grid:44` too, so one drop had several ids. Only the id nearby
+/// lists is taken; another spelling gets a 400 naming the `drop` segment and that id, and
+/// claims nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_id_with_leading_zeros_is_refused_naming_the_drops_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), 2, 1000, 10).await;
+    let mut c = server.conn().await;
+    let drop = drop_named(&mut c, "g-4-4").await;
+    let id = drop["id"].as_str().unwrap().to_string();
+    let (task, n) = id.rsplit_once(':').unwrap();
+    for other in [format!("{task}:0{n}"), format!("{task}:000{n}")] {
+        let mut spelled = drop.clone();
+        spelled["id"] = json!(other);
+        let r = claim(&mut c, &spelled, "u", &other, 0.0).await;
+        assert_eq!(
+            code(&r),
+            (400, "invalid_field".into()),
+            "{other}: {}",
+            r.json()
+        );
+        let v = r.json();
+        assert_eq!(v["field"], json!("drop"), "{v}");
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains(&format!("{id:?}")), "{message}");
+    }
+    assert_eq!(drop_named(&mut c, "g-4-4").await["remaining"], json!(2));
+    assert!(wins_of(&mut c, "u").await.is_empty(), "nothing was claimed");
+    assert_eq!(claim(&mut c, &drop, "u", "r", 0.0).await.status, 200);
     server.stop().await;
 }
 
