@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Uri;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
@@ -29,6 +29,7 @@ use rustc_hash::FxHashSet;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use crate::connector::{Closed, Connector};
 use crate::queue::{LaneQueue, Next};
 use crate::record::{DeliveryId, Record, State, Store, StoreError};
 use crate::sign;
@@ -69,7 +70,9 @@ pub struct PartnerSettings {
     pub node: NodeShare,
     /// Most requests in flight from this node.
     pub max_in_flight: u32,
-    /// Per-request timeout (connect, send, answer).
+    /// Per-request timeout (connect, send, answer). A request that times out keeps its place
+    /// in flight until its connection is closed on both sides, for at most another
+    /// `timeout_ms`.
     pub timeout_ms: u64,
     /// Kill switch: the lane sends nothing and keeps its queue.
     pub paused: bool,
@@ -99,7 +102,7 @@ pub struct LaneStats {
     pub queued: u64,
     /// Whether more are waiting in the store than memory holds.
     pub overflowed: bool,
-    /// Requests in flight.
+    /// Requests in flight (a timed-out one until its connection is closed on both sides).
     pub in_flight: u32,
     /// This node's part of the configured rate.
     pub rate_per_s: u32,
@@ -193,7 +196,7 @@ impl Lane {
 pub struct Deliveries {
     lanes: ArcSwap<HashMap<String, Arc<Lane>>>,
     store: Arc<dyn Store>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     max_queued: usize,
     configuring: Mutex<()>,
 }
@@ -247,7 +250,7 @@ impl Deliveries {
         connector.enforce_http(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+            .build(Connector(connector));
         Arc::new(Deliveries {
             lanes: ArcSwap::from_pointee(HashMap::new()),
             store,
@@ -603,8 +606,8 @@ impl Deliveries {
             Some(uri) => self.request(uri.clone(), settings, &rec, now).await,
             None => Answer::Refused(format!("partner url {} is not a valid URI", settings.url)),
         };
-        // The partner has answered: the lane may send the next request while this answer is
-        // made durable (the id stays busy until then).
+        // The partner has answered, or the request's connection is closed: the lane may send
+        // the next request while this answer is made durable (the id stays busy until then).
         drop(in_flight);
         let now = now_ms();
         rec.attempts += 1;
@@ -684,10 +687,11 @@ impl Deliveries {
             .header(sign::TIMESTAMP_HEADER, ts.to_string())
             .header(sign::SIGNATURE_HEADER, signature)
             .body(Full::new(Bytes::from(body)));
-        let req = match req {
+        let mut req = match req {
             Ok(req) => req,
             Err(e) => return Answer::Refused(format!("building the request: {e}")),
         };
+        let connection = capture_connection(&mut req);
         let exchange = async {
             let resp = self.client.request(req).await?;
             let status = resp.status();
@@ -705,11 +709,37 @@ impl Deliveries {
                 .unwrap_or_default();
             Ok::<_, hyper_util::client::legacy::Error>((status, retry_after_ms, body))
         };
-        match tokio::time::timeout(Duration::from_millis(settings.timeout_ms), exchange).await {
-            Err(_) => Answer::Trouble {
-                retry_after_ms: None,
-                why: format!("no answer within {} ms", settings.timeout_ms),
-            },
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        // On a timeout the exchange is dropped here, and hyper closes its connection.
+        let answered = tokio::time::timeout(timeout, exchange).await;
+        match answered {
+            Err(_) => {
+                // The partner may still be working on the request until it has seen the
+                // connection close, which hyper's connection task starts later: the caller
+                // keeps the request's place in flight until the connection is closed on both
+                // sides (see `connector`). Bounded: a request never handed a connection was
+                // never sent, and one whose connection is still open after another timeout
+                // (a partner that does not close, or hyper pooled it unused) gives its place
+                // back anyway.
+                let closed = connection
+                    .connection_metadata()
+                    .as_ref()
+                    .and_then(Closed::of);
+                if let Some(closed) = closed {
+                    if tokio::time::timeout(timeout, closed.wait()).await.is_err() {
+                        // Not a warning: a partner that keeps timing out would log one a request.
+                        tracing::debug!(
+                            partner = %settings.id,
+                            "a timed-out request's connection was still open after another {} ms",
+                            settings.timeout_ms
+                        );
+                    }
+                }
+                Answer::Trouble {
+                    retry_after_ms: None,
+                    why: format!("no answer within {} ms", settings.timeout_ms),
+                }
+            }
             Ok(Err(e)) => Answer::Trouble {
                 retry_after_ms: None,
                 why: format!("request failed: {e}"),

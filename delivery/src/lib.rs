@@ -8,6 +8,7 @@
 //!
 //! - [`record`]: the durable delivery record, its states, and the [`record::Store`] seam.
 //! - [`lanes`]: [`lanes::Deliveries`], the lanes and their sending loop.
+//! - `connector`: the lanes' TCP connector, whose connections say when they are closed.
 //! - [`throttle`]: 100 ms slot throttle that slows down on trouble.
 //! - [`queue`]: a lane's bounded in-memory queue of ids.
 //! - [`sign`]: the request signature (HMAC-SHA256) and its verifier.
@@ -15,6 +16,7 @@
 //! - [`serve`]: HTTP/1.1 serving with a connection cap and a graceful drain (the engine's API
 //!   and `partner-sim`).
 
+mod connector;
 pub mod lanes;
 pub mod queue;
 pub mod record;

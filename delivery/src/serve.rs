@@ -2,14 +2,19 @@
 //! graceful drain: the engine's API and `partner-sim` both run on it.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
+use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper::service::Service;
 use hyper::{Request, Response};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
 
 /// A listener's limits and the name its log lines carry.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +50,29 @@ pub async fn http1<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    http1_per_connection(listener, move || (service.clone(), ()), limits, shutdown).await;
+}
+
+/// [`http1`] with a service made for each connection by `connection`, together with a value
+/// dropped just before the connection's socket is closed. hyper drops a connection's socket
+/// before the handler of a request still running on it, so the value is the way to act on a
+/// client going away before the client can see the close: `partner-sim` stops counting the
+/// connection's request in flight there.
+pub async fn http1_per_connection<F, S, B, G>(
+    listener: TcpListener,
+    mut connection: F,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: FnMut() -> (S, G),
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    G: Send + Unpin + 'static,
+{
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -65,10 +93,15 @@ pub async fn http1<S, B>(
             },
         };
         let _ = stream.set_nodelay(true);
+        let (service, before_close) = connection();
+        let io = Socket {
+            _before_close: before_close,
+            io: TokioIo::new(stream),
+        };
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
+            .serve_connection(io, service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
@@ -84,6 +117,53 @@ pub async fn http1<S, B>(
             server = limits.name,
             "connections still open after the drain period; closing"
         );
+    }
+}
+
+/// A connection's socket, with a value dropped just before it.
+struct Socket<G> {
+    /// Declared before `io`, so dropped before it.
+    _before_close: G,
+    io: TokioIo<TcpStream>,
+}
+
+impl<G: Unpin> Read for Socket<G> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<G: Unpin> Write for Socket<G> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
 

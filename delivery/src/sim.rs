@@ -16,7 +16,9 @@
 //!
 //! # A delivery, step by step
 //! 1. Counted: `received`, the request count of the current 100 ms wall-clock slot
-//!    (`unix_ms / 100`, giving `max_per_slot`) and the requests in flight (`max_in_flight`).
+//!    (`unix_ms / 100`, giving `max_per_slot`) and the requests in flight (`max_in_flight`;
+//!    a request stops counting when its answer is ready, or just before the partner closes
+//!    its connection, e.g. because the client closed it first).
 //! 2. The body is read, at most [`MAX_BODY_BYTES`] (413 beyond).
 //! 3. The signature is checked ([`crate::sign`]): 401 `{"code":"bad_signature"}` or
 //!    `{"code":"stale_signature"}`.
@@ -39,7 +41,7 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -260,20 +262,54 @@ enum Spoil {
     Slow,
 }
 
-/// Counts a delivery in flight until dropped (also when the request's future is dropped).
-struct InFlight<'a>(&'a AtomicU64);
+/// A delivery counted in [`Sim::in_flight`]. It stops counting once: when its handler is done
+/// (or dropped), or just before its connection's socket is closed, whichever comes first. The
+/// second matters when the client goes away: hyper closes the socket first and drops the
+/// handler after, and a client that saw the close must not find its request still counted.
+struct InFlight {
+    sim: Arc<Sim>,
+    left: AtomicBool,
+}
 
-impl<'a> InFlight<'a> {
-    fn enter(now: &'a AtomicU64, max: &AtomicU64) -> Self {
-        let n = now.fetch_add(1, Ordering::Relaxed) + 1;
-        max.fetch_max(n, Ordering::Relaxed);
-        InFlight(now)
+impl InFlight {
+    fn enter(sim: &Arc<Sim>) -> Arc<InFlight> {
+        let n = sim.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        sim.max_in_flight.fetch_max(n, Ordering::SeqCst);
+        Arc::new(InFlight {
+            sim: sim.clone(),
+            left: AtomicBool::new(false),
+        })
+    }
+
+    fn leave(&self) {
+        if !self.left.swap(true, Ordering::SeqCst) {
+            self.sim.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
-impl Drop for InFlight<'_> {
+/// Leaves [`InFlight`] when the handler is done or dropped.
+struct Handling(Arc<InFlight>);
+
+impl Drop for Handling {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.leave();
+    }
+}
+
+/// The delivery being handled on one connection (HTTP/1.1: one at a time).
+#[derive(Default)]
+struct OnConnection(Mutex<Option<Arc<InFlight>>>);
+
+/// Dropped just before its connection's socket is closed: the connection's delivery leaves
+/// [`InFlight`].
+struct Closing(Arc<OnConnection>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some(in_flight) = self.0 .0.lock().take() {
+            in_flight.leave();
+        }
     }
 }
 
@@ -369,7 +405,7 @@ impl Sim {
             .is_some_and(|cap| st.in_slot > u64::from(slot_share(cap, slot % SLOTS_PER_S)))
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, on: &OnConnection) -> Response<Body> {
         let path = req.uri().path();
         match *req.method() {
             Method::GET if path == "/summary" => json(StatusCode::OK, &self.summary()),
@@ -386,14 +422,20 @@ impl Sim {
                     _ => code(StatusCode::NOT_FOUND, "not_found"),
                 }
             }
-            Method::POST => self.deliver(req).await,
+            Method::POST => self.deliver(req, on).await,
             _ => code(StatusCode::NOT_FOUND, "not_found"),
         }
     }
 
-    async fn deliver(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn deliver(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        on: &OnConnection,
+    ) -> Response<Body> {
         let over_capacity = self.arrive(unix_ms());
-        let _in_flight = InFlight::enter(&self.in_flight, &self.max_in_flight);
+        let in_flight = InFlight::enter(self);
+        *on.0.lock() = Some(in_flight.clone());
+        let _handling = Handling(in_flight);
         let draws = self.draw();
         let (parts, body) = req.into_parts();
         let (answer, wait_ms) = match Limited::new(body, MAX_BODY_BYTES).collect().await {
@@ -627,17 +669,22 @@ fn huge() -> Response<Body> {
 /// Serves `sim` on `listener` (HTTP/1.1, keep-alive; at most [`MAX_CONNECTIONS`] at once) until
 /// `shutdown` resolves, then lets open requests finish for at most [`DRAIN`] and returns.
 pub async fn serve(listener: TcpListener, sim: Arc<Sim>, shutdown: impl Future<Output = ()>) {
-    let service = hyper::service::service_fn(move |req| {
-        let sim = sim.clone();
-        async move { Ok::<_, Infallible>(sim.handle(req).await) }
-    });
+    let connection = move || {
+        let on = Arc::new(OnConnection::default());
+        let (sim, on_handler) = (sim.clone(), on.clone());
+        let service = hyper::service::service_fn(move |req| {
+            let (sim, on) = (sim.clone(), on_handler.clone());
+            async move { Ok::<_, Infallible>(sim.handle(req, &on).await) }
+        });
+        (service, Closing(on))
+    };
     let limits = crate::serve::Limits {
         max_connections: MAX_CONNECTIONS,
         drain: DRAIN,
         header_read_timeout: crate::serve::HEADER_READ_TIMEOUT,
         name: "partner-sim",
     };
-    crate::serve::http1(listener, service, limits, shutdown).await;
+    crate::serve::http1_per_connection(listener, connection, limits, shutdown).await;
 }
 
 #[cfg(test)]

@@ -204,3 +204,52 @@ async fn a_partner_without_settings_is_held_and_shown_until_configured() {
     let _ = stop.send(());
     server.await.unwrap();
 }
+
+/// L5: a request that timed out gave its in-flight place back at once, while its connection
+/// was still open and the partner still working on it, so the lane's next request made the
+/// partner see more than `max_in_flight` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_request_keeps_its_place_until_its_connection_is_closed() {
+    const DELIVERIES: u32 = 200;
+    const MAX_IN_FLIGHT: u32 = 4;
+    let store = Arc::new(MemStore::default());
+    for n in 0..DELIVERIES {
+        store.save(pending(n), State::Pending).await.unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Every answer comes long after the lane gave up on it: a request stops counting at the
+    // partner only when its connection closes.
+    let sim = Sim::new(SimOptions {
+        secrets: vec![SECRET.into()],
+        slow_rate: 1.0,
+        slow_ms: 60_000,
+        ..SimOptions::default()
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(sim::serve(listener, sim.clone(), async {
+        let _ = stopped.await;
+    }));
+    let deliveries = Deliveries::new(store.clone(), 1000);
+    deliveries.configure(&[PartnerSettings {
+        max_in_flight: MAX_IN_FLIGHT,
+        timeout_ms: 20,
+        ..partner(format!("http://{addr}/deliver"))
+    }]);
+
+    let start = Instant::now();
+    while sim.summary().received < 400 && start.elapsed().as_secs() < 20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let summary = sim.summary();
+    assert!(summary.received >= 400, "{summary:?}");
+    assert!(
+        summary.max_in_flight <= u64::from(MAX_IN_FLIGHT),
+        "the partner saw {} in flight: {summary:?}",
+        summary.max_in_flight
+    );
+
+    deliveries.shutdown();
+    let _ = stop.send(());
+    server.await.unwrap();
+}

@@ -6,6 +6,11 @@
 //! shipper resumes from there), verifies every record's CRC and sequence number, appends and
 //! fsyncs, and only then answers. A retried chunk is refused by offset, never appended twice,
 //! so the collector's copy ends byte-identical to the node's whatever restarts either side.
+//!
+//! Each node's copies have their own lock, held from the offset check to the fsync, so appends
+//! to one node run one at a time and appends of different nodes in parallel. The file work
+//! (reading a copy back, writing, fsync, cutting back after a failure) runs on tokio's blocking
+//! threads, never on the async workers.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,6 +29,7 @@ use bytes::Bytes;
 use hyper::Method;
 use parking_lot::Mutex;
 use serde_json::json;
+use tokio::sync::OwnedMutexGuard;
 use warp::http::{Response, StatusCode};
 use warp::Filter;
 
@@ -89,15 +95,27 @@ impl Copy {
     }
 }
 
+/// What the collector knows of one node's segment copies, by segment.
+#[derive(Debug, Default)]
+struct NodeCopies(HashMap<u64, Copy>);
+
+/// One node's lock, held until dropped; see [`Collector::lock_node`].
+#[derive(Debug)]
+pub struct NodeLock {
+    _held: OwnedMutexGuard<NodeCopies>,
+}
+
 /// The collector: stores each node's segments under `DIR/{node}/`.
 #[derive(Debug)]
 pub struct Collector {
     dir: PathBuf,
     secret: String,
-    copies: Mutex<HashMap<(u32, u64), Copy>>,
-    /// Held by each append from its offset check to its fsync, so two requests at the same
-    /// offset cannot both pass the check.
-    appending: Mutex<()>,
+    /// Each node's copies behind that node's lock. An append holds it from its offset check to
+    /// its fsync, so two requests at the same offset cannot both pass the check; a read of a
+    /// copy holds it too (reading a copy back from disk may cut a torn tail). tokio's mutex:
+    /// it is awaited on the async workers and held across the blocking file work. The map's
+    /// own lock (parking_lot) is held only to find or add a node's entry.
+    nodes: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<NodeCopies>>>>,
 }
 
 impl Collector {
@@ -106,9 +124,36 @@ impl Collector {
         Collector {
             dir,
             secret,
-            copies: Mutex::new(HashMap::new()),
-            appending: Mutex::new(()),
+            nodes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Waits until no append to `node`'s copies runs, then holds further ones (and reads of
+    /// them) off until the returned lock is dropped: for a consistent copy of a node's
+    /// segments, and for tests. Other nodes are not held up.
+    pub async fn lock_node(&self, node: u32) -> NodeLock {
+        NodeLock {
+            _held: self.node(node).lock_owned().await,
+        }
+    }
+
+    fn node(&self, node: u32) -> Arc<tokio::sync::Mutex<NodeCopies>> {
+        self.nodes.lock().entry(node).or_default().clone()
+    }
+
+    /// Runs `work` on `node`'s copies on a blocking thread, under the node's lock. The lock
+    /// goes with the work: if the request that asked for it goes away, the lock is still
+    /// held until the work is done.
+    async fn with_node<T: Send + 'static>(
+        self: &Arc<Self>,
+        node: u32,
+        work: impl FnOnce(&Collector, &mut NodeCopies) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let mut held = self.node(node).lock_owned().await;
+        let collector = self.clone();
+        tokio::task::spawn_blocking(move || work(&collector, &mut held))
+            .await
+            .map_err(|e| format!("the collector's file work failed: {e}"))
     }
 
     fn path(&self, node: u32, segment: u64) -> PathBuf {
@@ -118,9 +163,9 @@ impl Collector {
     }
 
     /// The copy of a segment, read back from disk the first time (a torn tail from a crash
-    /// mid-append is cut: it was never acknowledged).
-    fn copy(&self, node: u32, segment: u64) -> Result<Copy, String> {
-        if let Some(c) = self.copies.lock().get(&(node, segment)) {
+    /// mid-append is cut: it was never acknowledged). Blocking; under the node's lock.
+    fn copy(&self, copies: &mut NodeCopies, node: u32, segment: u64) -> Result<Copy, String> {
+        if let Some(c) = copies.0.get(&segment) {
             return Ok(c.clone());
         }
         let path = self.path(node, segment);
@@ -154,13 +199,23 @@ impl Collector {
                 f.set_len(copy.len).map_err(|e| e.to_string())?;
             }
         }
-        self.copies.lock().insert((node, segment), copy.clone());
+        copies.0.insert(segment, copy.clone());
         Ok(copy)
     }
 
-    fn put(&self, node: u32, segment: u64, offset: u64, chunk: &[u8]) -> Result<u64, PutError> {
-        let _one_at_a_time = self.appending.lock();
-        let mut copy = self.copy(node, segment).map_err(PutError::Invalid)?;
+    /// Appends `chunk` at `offset` of a segment's copy if it continues it; returns the copy's
+    /// new length. Blocking; under the node's lock, from the offset check to the fsync.
+    fn put(
+        &self,
+        copies: &mut NodeCopies,
+        node: u32,
+        segment: u64,
+        offset: u64,
+        chunk: &[u8],
+    ) -> Result<u64, PutError> {
+        let mut copy = self
+            .copy(copies, node, segment)
+            .map_err(PutError::Invalid)?;
         if offset != copy.len {
             return Err(PutError::Offset(copy.len));
         }
@@ -184,11 +239,11 @@ impl Collector {
                 .write(true)
                 .open(&path)
                 .and_then(|f| f.set_len(offset));
-            self.copies.lock().remove(&(node, segment));
+            copies.0.remove(&segment);
             return Err(PutError::Io(e.to_string()));
         }
         let len = copy.len;
-        self.copies.lock().insert((node, segment), copy);
+        copies.0.insert(segment, copy);
         Ok(len)
     }
 }
@@ -209,21 +264,26 @@ pub fn routes(
         .and(warp::get())
         .and(auth)
         .and(with.clone())
-        .map(|node, segment, auth: Option<String>, c: Arc<Collector>| {
-            if !authorized(&c, auth.as_deref()) {
-                return unauthorized();
-            }
-            match c.copy(node, segment) {
-                Ok(copy) => reply(
-                    StatusCode::OK,
-                    json!({"len": copy.len, "sealed": copy.sealed}),
-                ),
-                Err(e) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"code": "internal", "message": e}),
-                ),
-            }
-        });
+        .then(
+            |node, segment, auth: Option<String>, c: Arc<Collector>| async move {
+                if !authorized(&c, auth.as_deref()) {
+                    return unauthorized();
+                }
+                let read = c
+                    .with_node(node, move |c, copies| c.copy(copies, node, segment))
+                    .await;
+                match read.and_then(|copy| copy) {
+                    Ok(copy) => reply(
+                        StatusCode::OK,
+                        json!({"len": copy.len, "sealed": copy.sealed}),
+                    ),
+                    Err(e) => reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        json!({"code": "internal", "message": e}),
+                    ),
+                }
+            },
+        );
     let put = warp::path!("v1" / "ledger" / u32 / u64)
         .and(warp::put())
         .and(auth)
@@ -231,8 +291,8 @@ pub fn routes(
         .and(warp::body::content_length_limit(2 * MAX_CHUNK as u64))
         .and(warp::body::bytes())
         .and(with)
-        .map(
-            |node, segment, auth: Option<String>, q: HashMap<String, String>, body: Bytes, c: Arc<Collector>| {
+        .then(
+            |node, segment, auth: Option<String>, q: HashMap<String, String>, body: Bytes, c: Arc<Collector>| async move {
                 if !authorized(&c, auth.as_deref()) {
                     return unauthorized();
                 }
@@ -242,7 +302,10 @@ pub fn routes(
                         json!({"code": "invalid_field", "field": "offset", "message": "offset: must be a whole number"}),
                     );
                 };
-                match c.put(node, segment, offset, &body) {
+                let put = c
+                    .with_node(node, move |c, copies| c.put(copies, node, segment, offset, &body))
+                    .await;
+                match put.unwrap_or_else(|e| Err(PutError::Io(e))) {
                     Ok(len) => reply(StatusCode::OK, json!({"len": len})),
                     Err(PutError::Offset(len)) => reply(
                         StatusCode::CONFLICT,

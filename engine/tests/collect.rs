@@ -22,26 +22,45 @@ async fn collector(
     dir: &Path,
     addr: &str,
 ) -> (std::net::SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+    let (_, at, tx, task) = collector_and_handle(dir, addr).await;
+    (at, tx, task)
+}
+
+/// [`collector`], and the collector itself.
+async fn collector_and_handle(
+    dir: &Path,
+    addr: &str,
+) -> (
+    Arc<Collector>,
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<()>,
+) {
     let listener = TcpListener::bind(addr).await.unwrap();
     let at = listener.local_addr().unwrap();
     let c = Arc::new(Collector::new(dir.to_path_buf(), SECRET.into()));
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(redrain::server::serve(
         listener,
-        routes(c),
+        routes(c.clone()),
         async move {
             let _ = rx.await;
         },
         Duration::from_secs(1),
     ));
-    (at, tx, task)
+    (c, at, tx, task)
 }
 
-/// Appends `n` two-record appends to the ledger in `dir` (4 KiB segments).
+/// Appends `n` two-record appends to node 7's ledger in `dir` (4 KiB segments).
 fn write(dir: &Path, from: u64, n: u64) {
+    write_node(dir, 7, from, n);
+}
+
+/// Appends `n` two-record appends to `node`'s ledger in `dir` (4 KiB segments).
+fn write_node(dir: &Path, node: u32, from: u64, n: u64) {
     let config = LedgerConfig {
         dir: dir.to_path_buf(),
-        node: 7,
+        node,
         segment_bytes: 4096,
         sync: false,
     };
@@ -219,6 +238,64 @@ async fn puts_racing_at_one_offset_append_once() {
     assert_eq!(statuses, [200, 409, 409, 409, 409, 409, 409, 409]);
     let copy = std::fs::read(store.path().join("7").join(format!("{:020}.seg", 0))).unwrap();
     assert!(copy == seg0, "the copy is the segment once");
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+/// C2: every append held one collector-wide lock from its offset check to its fsync, on an
+/// async worker, so one slow fsync held up every node. While node 7's lock is held (as by an
+/// append stuck in its fsync), node 8's append goes through; node 7's waits, then goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_append_goes_through_while_another_nodes_is_held() {
+    let node = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let mut seg0 = Vec::new();
+    for id in [7, 8] {
+        let dir = node.path().join(format!("ledger-{id}"));
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || write_node(&d, id, 0, 10))
+            .await
+            .unwrap();
+        seg0.push(Bytes::from(
+            std::fs::read(&segments(&dir).unwrap()[0].1).unwrap(),
+        ));
+    }
+    let (c, addr, stop, task) = collector_and_handle(store.path(), "127.0.0.1:0").await;
+    let put = |node: u32, body: Bytes| async move {
+        let mut conn = Conn::connect(addr).await.unwrap();
+        let auth = format!("Bearer {SECRET}");
+        let r = conn
+            .send(
+                Method::PUT,
+                &format!("/v1/ledger/{node}/0?offset=0"),
+                &[("authorization", &auth)],
+                body,
+            )
+            .await
+            .unwrap();
+        r.status
+    };
+    let copy = |node: u32| {
+        store
+            .path()
+            .join(node.to_string())
+            .join(format!("{:020}.seg", 0))
+    };
+
+    let held = c.lock_node(7).await;
+    let node_7 = tokio::spawn(put(7, seg0[0].clone()));
+    // A bound, not a wait: with one lock for all nodes this never answers.
+    let node_8 = tokio::time::timeout(Duration::from_secs(30), put(8, seg0[1].clone()))
+        .await
+        .expect("node 8's append waited for node 7's lock");
+    assert_eq!(node_8, 200);
+    assert!(std::fs::read(copy(8)).unwrap() == seg0[1]);
+    assert!(!node_7.is_finished(), "node 7's append waits for its lock");
+    assert!(!copy(7).exists());
+
+    drop(held);
+    assert_eq!(node_7.await.unwrap(), 200);
+    assert!(std::fs::read(copy(7)).unwrap() == seg0[0]);
     stop.send(()).unwrap();
     task.await.unwrap();
 }
