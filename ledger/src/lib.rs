@@ -23,7 +23,10 @@
 //! cleanly. Any other bytes there are damage.
 //!
 //! [`scan_segment`] reads a segment up to its first torn or corrupt record and says where that
-//! is; nothing after it is ever returned as data.
+//! is; nothing after it is ever returned as data. It also says whether an intact record lies
+//! past the damage ([`Damage::may_be_torn`]): a crash mid-write leaves a partial record only
+//! at the very end of what was written, so damage with an intact record after it is corruption
+//! inside written data, not a torn tail, and no reader may cut it as one.
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"RDLEDGR1";
@@ -163,6 +166,74 @@ pub fn seal_payload(last_seq: u64, records: u64) -> [u8; 16] {
     p
 }
 
+/// The first damage in a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Where it starts: the end of the last good record.
+    pub offset: u64,
+    /// What is wrong there.
+    pub reason: String,
+    /// The first intact record at or after `offset` numbered after the last good one, if any
+    /// ([`resync`]).
+    pub intact_after: Option<Intact>,
+}
+
+/// An intact record found past damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intact {
+    /// Where it starts in the segment.
+    pub offset: u64,
+    /// Its sequence number.
+    pub seq: u64,
+}
+
+impl Damage {
+    /// Whether this may be a torn write: nothing intact follows it. A crash mid-write leaves a
+    /// partial record at the very end of what was written, with only zeros (or the end of the
+    /// file) after it, so damage with an intact record after it lies inside written data: a
+    /// fault of the medium, never a tail to cut. (Damage in the last record written cannot be
+    /// told from a torn write this way.) Only the open segment can have a torn tail at all.
+    pub fn may_be_torn(&self) -> bool {
+        self.intact_after.is_none()
+    }
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "offset {}: {}", self.offset, self.reason)?;
+        if let Some(intact) = self.intact_after {
+            write!(
+                f,
+                ", followed by an intact record (sequence {} at offset {}): corruption inside \
+                 written records, not a torn write",
+                intact.seq, intact.offset
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The first intact record in `bytes` at or after `from` whose sequence number is at least
+/// `next_seq` (the one after the last good record): a plausible length that fits, then a
+/// matching CRC-32C. Every offset is tried, since damage may have changed the lengths that
+/// would lead from record to record; the sequence number is checked before the CRC, so most
+/// offsets cost a few comparisons. Bounded by the segment's size.
+pub fn resync(bytes: &[u8], from: usize, next_seq: u64) -> Option<Intact> {
+    let last_start = bytes.len().checked_sub(FRAME_LEN)?;
+    (from..=last_start).find_map(|at| {
+        if u64_at(bytes, at + 8) < next_seq {
+            return None;
+        }
+        match decode_record(&bytes[at..]) {
+            Decoded::Record(r, _) => Some(Intact {
+                offset: at as u64,
+                seq: r.seq,
+            }),
+            Decoded::Torn | Decoded::Corrupt(_) => None,
+        }
+    })
+}
+
 /// How a segment's scan ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scan {
@@ -176,14 +247,16 @@ pub struct Scan {
     pub good_len: u64,
     /// Whether a valid seal ended the segment.
     pub sealed: bool,
-    /// The first damage: (offset, reason). `None` for a clean segment.
-    pub damage: Option<(u64, String)>,
+    /// The first damage. `None` for a clean segment.
+    pub damage: Option<Damage>,
 }
 
 /// Reads a whole segment, calling `each` for every intact data record up to the first damage.
 ///
 /// A seal must be the last record and agree with what precedes it; sequence numbers must rise
-/// by one from the header's `first_seq`; only zero bytes may follow the last record.
+/// by one from the header's `first_seq`; only zero bytes may follow the last record. After
+/// damage, the rest of the segment is searched for an intact record ([`resync`]), which is
+/// reported, never read as data.
 pub fn scan_segment(bytes: &[u8], mut each: impl FnMut(Record<'_>)) -> Result<Scan, String> {
     let header = Header::decode(bytes)?;
     let mut scan = Scan {
@@ -195,12 +268,12 @@ pub fn scan_segment(bytes: &[u8], mut each: impl FnMut(Record<'_>)) -> Result<Sc
         damage: None,
     };
     let mut at = HEADER_LEN;
+    let mut damage = None;
     while at < bytes.len() {
-        let damage = |why: String| Some((at as u64, why));
         let rest = &bytes[at..];
         if scan.sealed {
             if !zeros(rest) {
-                scan.damage = damage("data after the seal".into());
+                damage = Some("data after the seal".to_string());
             }
             break;
         }
@@ -209,11 +282,11 @@ pub fn scan_segment(bytes: &[u8], mut each: impl FnMut(Record<'_>)) -> Result<Sc
             // Space the writer zeroed ahead of its records: the clean end.
             _ if zeros(rest) => break,
             Decoded::Torn => {
-                scan.damage = damage(format!("torn record ({} bytes left)", bytes.len() - at));
+                damage = Some(format!("torn record ({} bytes left)", bytes.len() - at));
                 break;
             }
             Decoded::Corrupt(why) => {
-                scan.damage = damage(why);
+                damage = Some(why);
                 break;
             }
         };
@@ -221,18 +294,18 @@ pub fn scan_segment(bytes: &[u8], mut each: impl FnMut(Record<'_>)) -> Result<Sc
         let expected = match (record.kind, scan.last_seq) {
             (SEAL, Some(last)) => last,
             (SEAL, None) => {
-                scan.damage = damage("a seal on an empty segment".into());
+                damage = Some("a seal on an empty segment".to_string());
                 break;
             }
             (_, last) => last.map_or(header.first_seq, |s| s + 1),
         };
         if record.seq != expected {
-            scan.damage = damage(format!("sequence {} where {expected} was due", record.seq));
+            damage = Some(format!("sequence {} where {expected} was due", record.seq));
             break;
         }
         if record.kind == SEAL {
             if record.payload != seal_payload(record.seq, scan.records) {
-                scan.damage = damage("the seal disagrees with the segment".into());
+                damage = Some("the seal disagrees with the segment".to_string());
                 break;
             }
             scan.sealed = true;
@@ -244,6 +317,12 @@ pub fn scan_segment(bytes: &[u8], mut each: impl FnMut(Record<'_>)) -> Result<Sc
         at += len;
         scan.good_len = at as u64;
     }
+    let next_seq = scan.last_seq.map_or(header.first_seq, |s| s + 1);
+    scan.damage = damage.map(|reason| Damage {
+        offset: at as u64,
+        reason,
+        intact_after: resync(bytes, at, next_seq),
+    });
     Ok(scan)
 }
 
@@ -278,13 +357,121 @@ pub fn check_decoder(bytes: &[u8]) {
     }) {
         assert_eq!(scan.records, seen);
         assert!(scan.good_len as usize <= bytes.len());
-        if let Some((offset, _)) = scan.damage {
-            assert_eq!(offset, scan.good_len, "damage starts where good data ends");
+        if let Some(damage) = scan.damage {
+            assert_eq!(
+                damage.offset, scan.good_len,
+                "damage starts where good data ends"
+            );
+            if let Some(intact) = damage.intact_after {
+                assert!(
+                    intact.offset >= damage.offset,
+                    "an intact record after the damage"
+                );
+                let Decoded::Record(r, _) = decode_record(&bytes[intact.offset as usize..]) else {
+                    panic!("the record found after the damage decodes");
+                };
+                assert_eq!(r.seq, intact.seq);
+                let next = scan.last_seq.map_or(scan.header.first_seq, |s| s + 1);
+                assert!(r.seq >= next, "numbered after the last good record");
+            }
         } else {
             assert!(
                 zeros(&bytes[scan.good_len as usize..]),
                 "a clean end is zeros"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIRST: u64 = 10;
+
+    /// An open segment: its header and `n` records from `first_seq`; where each record starts.
+    fn open_segment(first_seq: u64, n: u64) -> (Vec<u8>, Vec<usize>) {
+        let header = Header {
+            node: 1,
+            segment: 0,
+            first_seq,
+        };
+        let mut b = header.encode().to_vec();
+        let mut starts = Vec::new();
+        for i in 0..n {
+            starts.push(b.len());
+            encode_record(first_seq + i, 1, format!("payload {i}").as_bytes(), &mut b);
+        }
+        (b, starts)
+    }
+
+    fn damage_of(bytes: &[u8]) -> Damage {
+        scan_segment(bytes, |_| {}).unwrap().damage.expect("damage")
+    }
+
+    #[test]
+    fn an_intact_record_after_damage_is_found_and_the_damage_is_not_torn() {
+        let (mut b, starts) = open_segment(FIRST, 5);
+        b[starts[1] + FRAME_LEN + 2] ^= 0x08; // record 11's payload
+        let damage = damage_of(&b);
+        assert_eq!(damage.offset, starts[1] as u64);
+        assert_eq!(damage.reason, "CRC mismatch");
+        let intact = Intact {
+            offset: starts[2] as u64,
+            seq: FIRST + 2,
+        };
+        assert_eq!(damage.intact_after, Some(intact));
+        assert!(!damage.may_be_torn());
+        assert!(damage.to_string().contains("not a torn write"), "{damage}");
+
+        // A flipped length no longer leads to the next record; the search does not need it.
+        let (mut b, starts) = open_segment(FIRST, 5);
+        b[starts[3]] ^= 0x01;
+        let damage = damage_of(&b);
+        assert_eq!(damage.offset, starts[3] as u64);
+        assert_eq!(damage.intact_after.map(|i| i.seq), Some(FIRST + 4));
+    }
+
+    #[test]
+    fn zeros_after_a_torn_record_are_not_taken_for_a_record() {
+        for first_seq in [FIRST, 0] {
+            let (mut b, starts) = open_segment(first_seq, 3);
+            // The last record cut short, then the zeros the writer wrote ahead.
+            b.truncate(starts[2] + FRAME_LEN + 3);
+            b.resize(b.len() + 4096, 0);
+            let damage = damage_of(&b);
+            assert_eq!(damage.offset, starts[2] as u64, "from {first_seq}");
+            assert_eq!(damage.intact_after, None, "from {first_seq}");
+            assert!(damage.may_be_torn());
+            // Where a sequence number of zero would do, the CRC alone tells zeros from a record.
+            assert_eq!(resync(&b, starts[2], 0), None, "from {first_seq}");
+        }
+        // A first record torn, with zeros after it: nothing good, nothing intact.
+        let (mut b, starts) = open_segment(0, 1);
+        b.truncate(starts[0] + 5);
+        b.resize(b.len() + 4096, 0);
+        assert_eq!(damage_of(&b).intact_after, None);
+    }
+
+    #[test]
+    fn a_record_numbered_at_or_before_the_last_good_one_is_not_counted() {
+        let (mut b, starts) = open_segment(FIRST, 3);
+        let stale = b[starts[1]..starts[2]].to_vec(); // record 11, intact
+        b.extend_from_slice(&[0xff; 40]);
+        b.extend_from_slice(&stale);
+        b.resize(b.len() + 100, 0);
+        let damage = damage_of(&b);
+        assert_eq!(damage.offset, (starts[2] + stale.len()) as u64);
+        assert_eq!(damage.intact_after, None, "record 11 comes before 13");
+
+        // One numbered after the last good record is.
+        let at = b.len();
+        encode_record(FIRST + 7, 1, b"later", &mut b);
+        let damage = damage_of(&b);
+        let intact = Intact {
+            offset: at as u64,
+            seq: FIRST + 7,
+        };
+        assert_eq!(damage.intact_after, Some(intact));
     }
 }
