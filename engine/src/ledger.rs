@@ -1,8 +1,9 @@
 //! The append-only ledger's writer: one group-commit thread appends records to segment files
 //! (format in the `redrain-ledger` crate), keeping zeros written ahead of them so that a
 //! group's fsync does not also grow the file, rolls and seals them by size, and on start-up
-//! cuts a torn tail of the open segment (damage with nothing intact after it) and refuses any
-//! other damage; nothing after damage is ever read as data.
+//! cuts a torn tail of the open segment (damage with nothing intact after it, or with a page a
+//! power cut kept from the disk before the intact records) and refuses any other damage;
+//! nothing after damage is ever read as data.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -74,9 +75,9 @@ pub struct Verify {
     pub last_seq: Option<u64>,
     /// The first damage, and its file.
     pub damage: Option<(PathBuf, Damage)>,
-    /// Whether that damage may be a torn write, which start-up cuts: it ends the open
-    /// segment's records with nothing intact after it ([`Damage::may_be_torn`]). Any other
-    /// damage is corruption.
+    /// Whether that damage may be a torn write, which start-up cuts: it is in the open
+    /// segment, with nothing intact after it or a page a power cut kept from the disk before
+    /// the intact records ([`Damage::may_be_torn`]). Any other damage is corruption.
     pub torn_tail: bool,
 }
 
@@ -94,6 +95,7 @@ pub fn verify(dir: &Path, mut each: impl FnMut(Record<'_>)) -> Result<Verify, Le
                 offset,
                 reason,
                 intact_after: None,
+                unwritten_page: None,
             };
             Some((path.clone(), damage))
         };
@@ -180,9 +182,10 @@ pub struct Tail {
 
 impl Tail {
     /// Opens the ledger in `config.dir`: cuts a torn tail of the open segment, or starts a new
-    /// segment after a sealed one. Damage with an intact record after it is not a torn write
-    /// ([`Damage::may_be_torn`]) and is refused, whatever `durable_through` says: the records
-    /// after it were written whole, and may have been acknowledged since RocksDB's last flush.
+    /// segment after a sealed one. Damage that is not a torn write ([`Damage::may_be_torn`]:
+    /// an intact record after it, and no page a power cut kept from the disk between them) is
+    /// refused, whatever `durable_through` says: the records after it were written whole, and
+    /// may have been acknowledged since RocksDB's last flush.
     /// `durable_through` is the last sequence number known to have been on disk before
     /// (RocksDB applies a record only after its fsync): a ledger that now ends before it
     /// (damage, a segment cut short or missing) lost acknowledged records, and recovery refuses

@@ -321,9 +321,13 @@ fn verify_ledger(dir: &Path) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Some((file, damage)) if v.torn_tail => {
+            // With an intact record after it, the damage's text says which page never landed.
+            let why = match damage.intact_after {
+                None => "; nothing intact follows, as after a write cut short",
+                Some(_) => "",
+            };
             println!(
-                "torn tail: {} at {damage}; nothing intact follows, as after a write cut short \
-                 (start-up cuts it)",
+                "torn tail: {} at {damage}{why} (start-up cuts it)",
                 file.display()
             );
             ExitCode::FAILURE

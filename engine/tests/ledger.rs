@@ -1,7 +1,8 @@
 //! The ledger format and writer: records round-trip; truncation at every byte offset is
 //! detected by `verify` and cut by recovery; random byte flips are detected, cut when they may
-//! be a torn write (nothing intact after them) and refused when intact records follow; nothing
-//! after damage is read as data; zeros written ahead of the records end a segment cleanly, and
+//! be a torn write (nothing intact after them) and refused when intact records follow; a page
+//! a power cut kept from the disk, with intact records after it, is cut; nothing after damage
+//! is read as data; zeros written ahead of the records end a segment cleanly, and
 //! are trimmed on a clean close; concurrent appends get unique, gapless sequence numbers;
 //! segments roll and seal.
 
@@ -711,4 +712,64 @@ fn a_torn_last_record_is_still_cut_and_reconciled() {
     drop(storage);
     let (read, damage) = read_all(&ledger);
     assert_eq!((read.len(), damage), (14, None));
+}
+
+/// A power cut while a group was being written, before its fsync returned, can keep an
+/// earlier page of the group from the disk and not a later one: the page still holds the zeros
+/// written ahead, and intact records follow it. None of the group was acknowledged, so
+/// start-up cuts at the damage and goes on (it refused until the rule learnt the page), and
+/// `ledger verify` calls it a torn tail.
+#[test]
+fn a_page_a_power_cut_kept_from_the_disk_is_cut_as_a_torn_tail() {
+    use redrain::ledger::PAGE_LEN;
+    use redrain::storage::{Cf, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    // RocksDB's mark is at record 4; records 5..=69 run past the second page.
+    let (ledger, path, starts) = acknowledged_since_the_last_flush(dir.path(), 5, 65);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = PAGE_LEN;
+    assert!(starts[5] < page && *starts.last().unwrap() > page + PAGE_LEN);
+    bytes[page..page + PAGE_LEN].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    // Cut at the record that runs into the page: the write began no later than there.
+    let cut = starts.iter().rposition(|&s| s < page).unwrap();
+    let intact = starts.iter().position(|&s| s >= page + PAGE_LEN).unwrap();
+
+    let (ok, text) = cli_verify(&ledger);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("{cut} records, last good sequence {}", cut - 1)),
+        "{text}"
+    );
+    assert!(text.contains("torn tail: "), "{text}");
+    assert!(
+        text.contains(&format!("offset {}: CRC mismatch", starts[cut])),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("zeros at offsets {page}..{}", page + PAGE_LEN)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("sequence {intact} at offset {}", starts[intact])),
+        "{text}"
+    );
+    assert!(!text.contains("corrupt"), "{text}");
+
+    let report = redrain::reconcile::reconcile(&[dir.path().to_path_buf()], 0).unwrap();
+    assert_eq!(report.records, cut as u64);
+
+    let storage = Storage::open(&dir.path().join("db"), &ledger, 1).unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        starts[cut] as u64,
+        "cut at the damage"
+    );
+    let win = |i: usize| format!("w{i}").into_bytes();
+    assert!(storage.get(Cf::Wins, &win(cut - 1)).unwrap().is_some());
+    assert_eq!(storage.get(Cf::Wins, &win(cut)).unwrap(), None);
+    assert_eq!(storage.get(Cf::Wins, &win(intact)).unwrap(), None);
+    drop(storage);
+    let (read, damage) = read_all(&ledger);
+    assert_eq!((read.len(), damage), (cut, None));
 }
