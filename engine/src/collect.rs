@@ -6,6 +6,9 @@
 //! shipper resumes from there), verifies every record's CRC and sequence number, appends and
 //! fsyncs, and only then answers. A retried chunk is refused by offset, never appended twice,
 //! so the collector's copy ends byte-identical to the node's whatever restarts either side.
+//! After a restart a copy is read back by the ledger's one rule for damage
+//! ([`crate::ledger::Damage::may_be_torn`]): an append cut short at the end of a node's last
+//! segment is cut, and any other damage refuses that node, leaving its files as they are.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,7 +31,9 @@ use warp::http::{Response, StatusCode};
 use warp::Filter;
 
 use crate::client::Conn;
-use crate::ledger::{decode_record, seal_payload, segments, Decoded, Header, HEADER_LEN, SEAL};
+use crate::ledger::{
+    decode_record, scan_segment, seal_payload, segments, Decoded, Header, HEADER_LEN, SEAL,
+};
 
 /// Largest chunk one PUT carries.
 pub const MAX_CHUNK: usize = 1 << 20;
@@ -87,6 +92,40 @@ impl Copy {
         self.len += chunk.len() as u64;
         Ok(())
     }
+
+    /// The copy a file holds (`bytes`, node `node`'s segment `segment`; `last`: no later
+    /// segment of the node is on disk), by the rule every reader of a ledger uses
+    /// ([`crate::ledger::Damage::may_be_torn`]): an append cut short by a crash (a partial
+    /// record, or a page a power cut kept from the disk, with nothing acknowledged after it)
+    /// can only be at the end of the node's last segment, and is left out (the caller cuts
+    /// it). Any other damage is an error naming the offset and the reason.
+    fn read(node: u32, segment: u64, bytes: &[u8], last: bool) -> Result<Copy, String> {
+        if bytes.len() < HEADER_LEN {
+            return match last {
+                // The first append of the segment, cut short.
+                true => Ok(Copy::default()),
+                false => Err(format!(
+                    "offset 0: {} bytes, shorter than a header, in a segment before the last",
+                    bytes.len()
+                )),
+            };
+        }
+        let scan = scan_segment(bytes, |_| {}).map_err(|why| format!("offset 0: {why}"))?;
+        if let Some(damage) = &scan.damage {
+            let torn = last && !scan.sealed && damage.may_be_torn();
+            if !torn {
+                let segment_is = match (scan.sealed, last) {
+                    (true, _) => ", in a sealed segment",
+                    (false, false) => ", in a segment before the last",
+                    (false, true) => "",
+                };
+                return Err(format!("damaged at {damage}{segment_is}"));
+            }
+        }
+        let mut copy = Copy::default();
+        copy.extend(node, segment, &bytes[..scan.good_len as usize])?;
+        Ok(copy)
+    }
 }
 
 /// The collector: stores each node's segments under `DIR/{node}/`.
@@ -95,6 +134,18 @@ pub struct Collector {
     dir: PathBuf,
     secret: String,
     copies: Mutex<HashMap<(u32, u64), Copy>>,
+    /// Nodes whose copy is damaged beyond an append cut short, and why: every request for
+    /// them is refused until an operator repairs the copy and restarts the collector.
+    ///
+    /// A damaged copy refuses its node only, rather than stopping the collector: the
+    /// collector is every node's second copy, and stopping it for one node's file would stop
+    /// shipping for all of them, leaving every node's newer records with one copy (copies are
+    /// read when first asked for, so deciding at start-up would also mean reading the whole
+    /// archive). The whole node, not just the damaged segment: a node's copy is one sequence,
+    /// read in order by reconciliation and by a restore, so appending after the damage would
+    /// grow a copy that is no way back past it while looking current. The node's shipper,
+    /// refused at every round, logs the file and the reason, and its lag grows.
+    refused: Mutex<HashMap<u32, String>>,
     /// Held by each append from its offset check to its fsync, so two requests at the same
     /// offset cannot both pass the check.
     appending: Mutex<()>,
@@ -107,6 +158,7 @@ impl Collector {
             dir,
             secret,
             copies: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
             appending: Mutex::new(()),
         }
     }
@@ -117,50 +169,60 @@ impl Collector {
             .join(format!("{segment:020}.seg"))
     }
 
-    /// The copy of a segment, read back from disk the first time (a torn tail from a crash
-    /// mid-append is cut: it was never acknowledged).
-    fn copy(&self, node: u32, segment: u64) -> Result<Copy, String> {
+    /// The copy of a segment, read back from disk the first time ([`Copy::read`]): an append
+    /// cut short at the end of the node's last segment is cut (it was never acknowledged);
+    /// any other damage refuses the node ([`Collector::refused`]) and leaves the file as it is.
+    fn copy(&self, node: u32, segment: u64) -> Result<Copy, PutError> {
+        if let Some(why) = self.refused.lock().get(&node) {
+            return Err(PutError::Damaged(why.clone()));
+        }
         if let Some(c) = self.copies.lock().get(&(node, segment)) {
             return Ok(c.clone());
         }
         let path = self.path(node, segment);
-        let mut copy = Copy::default();
-        if let Ok(bytes) = std::fs::read(&path) {
-            if bytes.len() >= HEADER_LEN {
-                let mut good = HEADER_LEN;
-                copy.extend(node, segment, &bytes[..HEADER_LEN])?;
-                while good < bytes.len() {
-                    match decode_record(&bytes[good..]) {
-                        Decoded::Record(_, len) => {
-                            let mut next = copy.clone();
-                            if next
-                                .extend(node, segment, &bytes[good..good + len])
-                                .is_err()
-                            {
-                                break;
-                            }
-                            copy = next;
-                            good += len;
+        let io = |e: &dyn std::fmt::Display| PutError::Io(format!("{}: {e}", path.display()));
+        let copy = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Copy::default(),
+            Err(e) => return Err(io(&e)),
+            Ok(bytes) => {
+                let node_dir = self.dir.join(node.to_string());
+                let on_disk = segments(&node_dir).map_err(|e| io(&e))?;
+                let last = on_disk.iter().all(|&(n, _)| n <= segment);
+                match Copy::read(node, segment, &bytes, last) {
+                    Ok(copy) => {
+                        if (copy.len as usize) < bytes.len() {
+                            tracing::warn!(file = %path.display(), offset = copy.len, "collector: cutting an append cut short");
+                            let f = OpenOptions::new()
+                                .write(true)
+                                .open(&path)
+                                .map_err(|e| io(&e))?;
+                            f.set_len(copy.len)
+                                .and_then(|()| f.sync_all())
+                                .map_err(|e| io(&e))?;
                         }
-                        _ => break,
+                        copy
+                    }
+                    Err(why) => {
+                        let refused = format!(
+                            "{}: {why}; refusing node {node}'s copy and leaving the file as it \
+                             is (restore the segment from the node's ledger, check it with \
+                             `redrain ledger verify`, and restart the collector)",
+                            path.display()
+                        );
+                        tracing::error!(node, "collector: {refused}");
+                        self.refused.lock().insert(node, refused.clone());
+                        return Err(PutError::Damaged(refused));
                     }
                 }
             }
-            if (copy.len as usize) < bytes.len() {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| e.to_string())?;
-                f.set_len(copy.len).map_err(|e| e.to_string())?;
-            }
-        }
+        };
         self.copies.lock().insert((node, segment), copy.clone());
         Ok(copy)
     }
 
     fn put(&self, node: u32, segment: u64, offset: u64, chunk: &[u8]) -> Result<u64, PutError> {
         let _one_at_a_time = self.appending.lock();
-        let mut copy = self.copy(node, segment).map_err(PutError::Invalid)?;
+        let mut copy = self.copy(node, segment)?;
         if offset != copy.len {
             return Err(PutError::Offset(copy.len));
         }
@@ -193,10 +255,39 @@ impl Collector {
     }
 }
 
+/// Why a request about a copy failed.
 enum PutError {
+    /// The chunk does not start where the copy ends (its length).
     Offset(u64),
+    /// The chunk is not whole, intact records continuing the copy.
     Invalid(String),
+    /// The collector's disk failed.
     Io(String),
+    /// The node's copy on disk is damaged ([`Collector::refused`]).
+    Damaged(String),
+}
+
+impl PutError {
+    fn reply(self) -> Response<Bytes> {
+        match self {
+            PutError::Offset(len) => reply(
+                StatusCode::CONFLICT,
+                json!({"code": "offset_mismatch", "len": len, "message": format!("the copy is {len} bytes long")}),
+            ),
+            PutError::Invalid(why) => reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"code": "invalid_records", "message": why}),
+            ),
+            PutError::Io(why) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"code": "storage_unavailable", "message": why}),
+            ),
+            PutError::Damaged(why) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"code": "copy_damaged", "message": why}),
+            ),
+        }
+    }
 }
 
 /// The collector's routes.
@@ -218,10 +309,7 @@ pub fn routes(
                     StatusCode::OK,
                     json!({"len": copy.len, "sealed": copy.sealed}),
                 ),
-                Err(e) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"code": "internal", "message": e}),
-                ),
+                Err(e) => e.reply(),
             }
         });
     let put = warp::path!("v1" / "ledger" / u32 / u64)
@@ -244,18 +332,7 @@ pub fn routes(
                 };
                 match c.put(node, segment, offset, &body) {
                     Ok(len) => reply(StatusCode::OK, json!({"len": len})),
-                    Err(PutError::Offset(len)) => reply(
-                        StatusCode::CONFLICT,
-                        json!({"code": "offset_mismatch", "len": len, "message": format!("the copy is {len} bytes long")}),
-                    ),
-                    Err(PutError::Invalid(why)) => reply(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        json!({"code": "invalid_records", "message": why}),
-                    ),
-                    Err(PutError::Io(why)) => reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        json!({"code": "storage_unavailable", "message": why}),
-                    ),
+                    Err(e) => e.reply(),
                 }
             },
         );
