@@ -11,6 +11,10 @@
 //! to one node run one at a time and appends of different nodes in parallel. The file work
 //! (reading a copy back, writing, fsync, cutting back after a failure) runs on tokio's blocking
 //! threads, never on the async workers.
+//!
+//! After a restart a copy is read back by the ledger's one rule for damage
+//! ([`crate::ledger::Damage::may_be_torn`]): an append cut short at the end of a node's last
+//! segment is cut, and any other damage refuses that node, leaving its files as they are.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -34,7 +38,9 @@ use warp::http::{Response, StatusCode};
 use warp::Filter;
 
 use crate::client::Conn;
-use crate::ledger::{decode_record, seal_payload, segments, Decoded, Header, HEADER_LEN, SEAL};
+use crate::ledger::{
+    decode_record, scan_segment, seal_payload, segments, Decoded, Header, HEADER_LEN, SEAL,
+};
 
 /// Largest chunk one PUT carries.
 pub const MAX_CHUNK: usize = 1 << 20;
@@ -93,11 +99,61 @@ impl Copy {
         self.len += chunk.len() as u64;
         Ok(())
     }
+
+    /// The copy a file holds (`bytes`, node `node`'s segment `segment`; `last`: no later
+    /// segment of the node is on disk), by the rule every reader of a ledger uses
+    /// ([`crate::ledger::Damage::may_be_torn`]): an append cut short by a crash (a partial
+    /// record, or a page a power cut kept from the disk, with nothing acknowledged after it)
+    /// can only be at the end of the node's last segment, and is left out (the caller cuts
+    /// it). Any other damage is an error naming the offset and the reason.
+    fn read(node: u32, segment: u64, bytes: &[u8], last: bool) -> Result<Copy, String> {
+        if bytes.len() < HEADER_LEN {
+            return match last {
+                // The first append of the segment, cut short.
+                true => Ok(Copy::default()),
+                false => Err(format!(
+                    "offset 0: {} bytes, shorter than a header, in a segment before the last",
+                    bytes.len()
+                )),
+            };
+        }
+        let scan = scan_segment(bytes, |_| {}).map_err(|why| format!("offset 0: {why}"))?;
+        if let Some(damage) = &scan.damage {
+            let torn = last && !scan.sealed && damage.may_be_torn();
+            if !torn {
+                let segment_is = match (scan.sealed, last) {
+                    (true, _) => ", in a sealed segment",
+                    (false, false) => ", in a segment before the last",
+                    (false, true) => "",
+                };
+                return Err(format!("damaged at {damage}{segment_is}"));
+            }
+        }
+        let mut copy = Copy::default();
+        copy.extend(node, segment, &bytes[..scan.good_len as usize])?;
+        Ok(copy)
+    }
 }
 
-/// What the collector knows of one node's segment copies, by segment.
+/// What the collector knows of one node's copies.
 #[derive(Debug, Default)]
-struct NodeCopies(HashMap<u64, Copy>);
+struct NodeCopies {
+    /// Each segment's copy, by segment.
+    segments: HashMap<u64, Copy>,
+    /// Why the node's copy is refused, once it was found damaged beyond an append cut short:
+    /// every request for the node is refused until an operator repairs the copy and restarts
+    /// the collector.
+    ///
+    /// A damaged copy refuses its node only, rather than stopping the collector: the
+    /// collector is every node's second copy, and stopping it for one node's file would stop
+    /// shipping for all of them, leaving every node's newer records with one copy (copies are
+    /// read when first asked for, so deciding at start-up would also mean reading the whole
+    /// archive). The whole node, not just the damaged segment: a node's copy is one sequence,
+    /// read in order by reconciliation and by a restore, so appending after the damage would
+    /// grow a copy that is no way back past it while looking current. The node's shipper,
+    /// refused at every round, logs the file and the reason, and its lag grows.
+    refused: Option<String>,
+}
 
 /// One node's lock, held until dropped; see [`Collector::lock_node`].
 #[derive(Debug)]
@@ -162,44 +218,55 @@ impl Collector {
             .join(format!("{segment:020}.seg"))
     }
 
-    /// The copy of a segment, read back from disk the first time (a torn tail from a crash
-    /// mid-append is cut: it was never acknowledged). Blocking; under the node's lock.
-    fn copy(&self, copies: &mut NodeCopies, node: u32, segment: u64) -> Result<Copy, String> {
-        if let Some(c) = copies.0.get(&segment) {
+    /// The copy of a segment, read back from disk the first time ([`Copy::read`]): an append
+    /// cut short at the end of the node's last segment is cut (it was never acknowledged);
+    /// any other damage refuses the node ([`NodeCopies::refused`]) and leaves the file as it
+    /// is. Blocking; under the node's lock.
+    fn copy(&self, copies: &mut NodeCopies, node: u32, segment: u64) -> Result<Copy, PutError> {
+        if let Some(why) = &copies.refused {
+            return Err(PutError::Damaged(why.clone()));
+        }
+        if let Some(c) = copies.segments.get(&segment) {
             return Ok(c.clone());
         }
         let path = self.path(node, segment);
-        let mut copy = Copy::default();
-        if let Ok(bytes) = std::fs::read(&path) {
-            if bytes.len() >= HEADER_LEN {
-                let mut good = HEADER_LEN;
-                copy.extend(node, segment, &bytes[..HEADER_LEN])?;
-                while good < bytes.len() {
-                    match decode_record(&bytes[good..]) {
-                        Decoded::Record(_, len) => {
-                            let mut next = copy.clone();
-                            if next
-                                .extend(node, segment, &bytes[good..good + len])
-                                .is_err()
-                            {
-                                break;
-                            }
-                            copy = next;
-                            good += len;
+        let io = |e: &dyn std::fmt::Display| PutError::Io(format!("{}: {e}", path.display()));
+        let copy = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Copy::default(),
+            Err(e) => return Err(io(&e)),
+            Ok(bytes) => {
+                let node_dir = self.dir.join(node.to_string());
+                let on_disk = segments(&node_dir).map_err(|e| io(&e))?;
+                let last = on_disk.iter().all(|&(n, _)| n <= segment);
+                match Copy::read(node, segment, &bytes, last) {
+                    Ok(copy) => {
+                        if (copy.len as usize) < bytes.len() {
+                            tracing::warn!(file = %path.display(), offset = copy.len, "collector: cutting an append cut short");
+                            let f = OpenOptions::new()
+                                .write(true)
+                                .open(&path)
+                                .map_err(|e| io(&e))?;
+                            f.set_len(copy.len)
+                                .and_then(|()| f.sync_all())
+                                .map_err(|e| io(&e))?;
                         }
-                        _ => break,
+                        copy
+                    }
+                    Err(why) => {
+                        let refused = format!(
+                            "{}: {why}; refusing node {node}'s copy and leaving the file as it \
+                             is (restore the segment from the node's ledger, check it with \
+                             `redrain ledger verify`, and restart the collector)",
+                            path.display()
+                        );
+                        tracing::error!(node, "collector: {refused}");
+                        copies.refused = Some(refused.clone());
+                        return Err(PutError::Damaged(refused));
                     }
                 }
             }
-            if (copy.len as usize) < bytes.len() {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| e.to_string())?;
-                f.set_len(copy.len).map_err(|e| e.to_string())?;
-            }
-        }
-        copies.0.insert(segment, copy.clone());
+        };
+        copies.segments.insert(segment, copy.clone());
         Ok(copy)
     }
 
@@ -213,9 +280,7 @@ impl Collector {
         offset: u64,
         chunk: &[u8],
     ) -> Result<u64, PutError> {
-        let mut copy = self
-            .copy(copies, node, segment)
-            .map_err(PutError::Invalid)?;
+        let mut copy = self.copy(copies, node, segment)?;
         if offset != copy.len {
             return Err(PutError::Offset(copy.len));
         }
@@ -239,19 +304,48 @@ impl Collector {
                 .write(true)
                 .open(&path)
                 .and_then(|f| f.set_len(offset));
-            copies.0.remove(&segment);
+            copies.segments.remove(&segment);
             return Err(PutError::Io(e.to_string()));
         }
         let len = copy.len;
-        copies.0.insert(segment, copy);
+        copies.segments.insert(segment, copy);
         Ok(len)
     }
 }
 
+/// Why a request about a copy failed.
 enum PutError {
+    /// The chunk does not start where the copy ends (its length).
     Offset(u64),
+    /// The chunk is not whole, intact records continuing the copy.
     Invalid(String),
+    /// The collector's disk failed.
     Io(String),
+    /// The node's copy on disk is damaged ([`NodeCopies::refused`]).
+    Damaged(String),
+}
+
+impl PutError {
+    fn reply(self) -> Response<Bytes> {
+        match self {
+            PutError::Offset(len) => reply(
+                StatusCode::CONFLICT,
+                json!({"code": "offset_mismatch", "len": len, "message": format!("the copy is {len} bytes long")}),
+            ),
+            PutError::Invalid(why) => reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"code": "invalid_records", "message": why}),
+            ),
+            PutError::Io(why) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"code": "storage_unavailable", "message": why}),
+            ),
+            PutError::Damaged(why) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"code": "copy_damaged", "message": why}),
+            ),
+        }
+    }
 }
 
 /// The collector's routes.
@@ -272,15 +366,12 @@ pub fn routes(
                 let read = c
                     .with_node(node, move |c, copies| c.copy(copies, node, segment))
                     .await;
-                match read.and_then(|copy| copy) {
+                match read.unwrap_or_else(|e| Err(PutError::Io(e))) {
                     Ok(copy) => reply(
                         StatusCode::OK,
                         json!({"len": copy.len, "sealed": copy.sealed}),
                     ),
-                    Err(e) => reply(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        json!({"code": "internal", "message": e}),
-                    ),
+                    Err(e) => e.reply(),
                 }
             },
         );
@@ -307,18 +398,7 @@ pub fn routes(
                     .await;
                 match put.unwrap_or_else(|e| Err(PutError::Io(e))) {
                     Ok(len) => reply(StatusCode::OK, json!({"len": len})),
-                    Err(PutError::Offset(len)) => reply(
-                        StatusCode::CONFLICT,
-                        json!({"code": "offset_mismatch", "len": len, "message": format!("the copy is {len} bytes long")}),
-                    ),
-                    Err(PutError::Invalid(why)) => reply(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        json!({"code": "invalid_records", "message": why}),
-                    ),
-                    Err(PutError::Io(why)) => reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        json!({"code": "storage_unavailable", "message": why}),
-                    ),
+                    Err(e) => e.reply(),
                 }
             },
         );

@@ -1,7 +1,9 @@
 //! The append-only ledger's writer: one group-commit thread appends records to segment files
 //! (format in the `redrain-ledger` crate), keeping zeros written ahead of them so that a
 //! group's fsync does not also grow the file, rolls and seals them by size, and on start-up
-//! cuts a torn or corrupt tail of the open segment; nothing after damage is ever read as data.
+//! cuts a torn tail of the open segment (damage with nothing intact after it, or with a page a
+//! power cut kept from the disk before the intact records) and refuses any other damage;
+//! nothing after damage is ever read as data.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -71,8 +73,12 @@ pub struct Verify {
     pub records: u64,
     /// Sequence number of the last good record.
     pub last_seq: Option<u64>,
-    /// The first damage: (file, offset, reason).
-    pub damage: Option<(PathBuf, u64, String)>,
+    /// The first damage, and its file.
+    pub damage: Option<(PathBuf, Damage)>,
+    /// Whether that damage may be a torn write, which start-up cuts: it is in the open
+    /// segment, with nothing intact after it or a page a power cut kept from the disk before
+    /// the intact records ([`Damage::may_be_torn`]). Any other damage is corruption.
+    pub torn_tail: bool,
 }
 
 /// Checks every record of every segment in `dir`, calling `each` for the data records before
@@ -84,7 +90,15 @@ pub fn verify(dir: &Path, mut each: impl FnMut(Record<'_>)) -> Result<Verify, Le
     for (i, (number, path)) in files.iter().enumerate() {
         let bytes = std::fs::read(path)?;
         v.segments += 1;
-        let damaged = |offset: u64, why: String| Some((path.clone(), offset, why));
+        let damaged = |offset: u64, reason: String| {
+            let damage = Damage {
+                offset,
+                reason,
+                intact_after: None,
+                unwritten_page: None,
+            };
+            Some((path.clone(), damage))
+        };
         let scan = match scan_segment(&bytes, &mut each) {
             Ok(scan) => scan,
             Err(why) => {
@@ -102,8 +116,10 @@ pub fn verify(dir: &Path, mut each: impl FnMut(Record<'_>)) -> Result<Verify, Le
         }
         v.records += scan.records;
         v.last_seq = scan.last_seq.or(v.last_seq);
-        if let Some((offset, why)) = scan.damage {
-            v.damage = damaged(offset, why);
+        if let Some(damage) = scan.damage {
+            let last = i + 1 == files.len();
+            v.torn_tail = last && !scan.sealed && damage.may_be_torn();
+            v.damage = Some((path.clone(), damage));
             break;
         }
         if !scan.sealed && i + 1 < files.len() {
@@ -124,7 +140,7 @@ pub struct Recovery {
     pub segments: u64,
     /// The next sequence number to write.
     pub next_seq: u64,
-    /// A torn or corrupt tail cut from the open segment: (file, offset, reason).
+    /// A torn tail cut from the open segment: (file, offset, reason).
     pub cut: Option<(PathBuf, u64, String)>,
 }
 
@@ -165,12 +181,16 @@ pub struct Tail {
 }
 
 impl Tail {
-    /// Opens the ledger in `config.dir`: cuts a damaged tail of the open segment, or starts a
-    /// new segment after a sealed one. `durable_through` is the last sequence number known to
-    /// have been on disk before (RocksDB applies a record only after its fsync): a ledger that
-    /// now ends before it (damage, a segment cut short or missing) lost acknowledged records,
-    /// and recovery refuses to start rather than cut or reuse them, leaving the files as they
-    /// are for an operator. A segment written by another node is refused too.
+    /// Opens the ledger in `config.dir`: cuts a torn tail of the open segment, or starts a new
+    /// segment after a sealed one. Damage that is not a torn write ([`Damage::may_be_torn`]:
+    /// an intact record after it, and no page a power cut kept from the disk between them) is
+    /// refused, whatever `durable_through` says: the records after it were written whole, and
+    /// may have been acknowledged since RocksDB's last flush.
+    /// `durable_through` is the last sequence number known to have been on disk before
+    /// (RocksDB applies a record only after its fsync): a ledger that now ends before it
+    /// (damage, a segment cut short or missing) lost acknowledged records, and recovery refuses
+    /// to start rather than cut or reuse them. A segment written by another node is refused
+    /// too. A refusal leaves the files as they are for an operator.
     pub fn recover(
         config: LedgerConfig,
         durable_through: Option<u64>,
@@ -251,12 +271,18 @@ impl Tail {
             ))
         })?;
         node_of(&scan.header, &path)?;
+        if let Some(damage) = scan.damage.as_ref().filter(|d| !d.may_be_torn()) {
+            return Err(LedgerError(format!(
+                "{}: damaged at {damage}; refusing to start rather than cut records written \
+                 whole (restore the segment from the collector's copy; see `redrain ledger \
+                 verify`)",
+                path.display()
+            )));
+        }
         let next_seq = scan.last_seq.map_or(scan.header.first_seq, |s| s + 1);
         recovery.next_seq = next_seq;
         refuse_if_short(next_seq, &|| match &scan.damage {
-            Some((offset, why)) => {
-                format!("{}: damaged at offset {offset} ({why})", path.display())
-            }
+            Some(damage) => format!("{}: damaged at {damage}", path.display()),
             None => format!(
                 "{}: ends after sequence {}",
                 path.display(),
@@ -267,12 +293,12 @@ impl Tail {
             let open = Tail::create(config, number + 1, next_seq)?;
             return Ok((open, recovery));
         }
-        if let Some((offset, why)) = scan.damage {
-            tracing::warn!(file = %path.display(), offset, reason = %why, "ledger: cutting a damaged tail");
+        if let Some(Damage { offset, reason, .. }) = scan.damage {
+            tracing::warn!(file = %path.display(), offset, reason = %reason, "ledger: cutting a torn tail");
             let file = OpenOptions::new().write(true).open(&path)?;
             file.set_len(offset)?;
             file.sync_all()?;
-            recovery.cut = Some((path.clone(), offset, why));
+            recovery.cut = Some((path.clone(), offset, reason));
         }
         let file = OpenOptions::new().write(true).open(&path)?;
         let open = Tail {

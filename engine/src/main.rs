@@ -80,7 +80,8 @@ enum Command {
 #[derive(Subcommand)]
 enum LedgerCommand {
     /// Check every record of every segment; prints counts, the last good sequence number and
-    /// the first damage, and exits non-zero on damage.
+    /// the first damage (a torn tail, which start-up cuts, or corruption, which it refuses),
+    /// and exits non-zero on damage.
     Verify {
         /// The ledger directory.
         dir: PathBuf,
@@ -319,8 +320,24 @@ fn verify_ledger(dir: &Path) -> anyhow::Result<ExitCode> {
             println!("ok");
             ExitCode::SUCCESS
         }
-        Some((file, offset, why)) => {
-            println!("damaged: {} at offset {offset}: {why}", file.display());
+        Some((file, damage)) if v.torn_tail => {
+            // With an intact record after it, the damage's text says which page never landed.
+            let why = match damage.intact_after {
+                None => "; nothing intact follows, as after a write cut short",
+                Some(_) => "",
+            };
+            println!(
+                "torn tail: {} at {damage}{why} (start-up cuts it)",
+                file.display()
+            );
+            ExitCode::FAILURE
+        }
+        Some((file, damage)) => {
+            println!(
+                "corrupt: {} at {damage} (start-up refuses it; the collector's copy may hold \
+                 the records)",
+                file.display()
+            );
             ExitCode::FAILURE
         }
     })
@@ -352,11 +369,8 @@ fn dump_ledger(dir: &Path, from: u64) -> anyhow::Result<ExitCode> {
     out.flush()?;
     Ok(match v.damage {
         None => ExitCode::SUCCESS,
-        Some((file, offset, why)) => {
-            eprintln!(
-                "stopped at damage: {} at offset {offset}: {why}",
-                file.display()
-            );
+        Some((file, damage)) => {
+            eprintln!("stopped at damage: {} at {damage}", file.display());
             ExitCode::FAILURE
         }
     })

@@ -4,8 +4,9 @@
 //! It reads ledgers only (a node's `DATA/ledger`, or a collector's `DIR/{node}/`), so it runs
 //! the same on one node and on a collector's copies of every node: each batch record is
 //! decoded and its writes folded: counter increments, win records, the latest delivery record
-//! of each win, and the latest published config (for quotas). The open tail of a segment being
-//! written may end in a partial record; reading stops there.
+//! of each win, and the latest published config (for quotas). The open segment may end in a
+//! partial record (one being written, or torn by a crash); reading stops there. Damage with an
+//! intact record after it is corruption wherever it is, and fails the run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use quota::config::{Config, Round};
 use redrain_delivery::record::{Record, State};
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{scan_segment, segments};
+use crate::ledger::{scan_segment, segments, Damage};
 use crate::server::StoredConfig;
 use crate::service::WinRecord;
 use crate::storage::{decode_ops, Cf, Op, BATCH};
@@ -224,11 +225,12 @@ pub fn reconcile(paths: &[PathBuf], now_ms: u64) -> Result<Report, String> {
                 })
                 .map_err(|e| format!("{}: {e}", file.display()))?;
                 let last = i + 1 == files.len();
-                if let Some(why) = bad.or(scan
-                    .damage
-                    .filter(|_| !last) // the open tail may end in a record being written
-                    .map(|(offset, why)| format!("offset {offset}: {why}")))
-                {
+                let damage = match scan.damage {
+                    Some(d) if last && d.may_be_torn() => None,
+                    Some(_) if last => corrupt_on_rereading(file)?,
+                    d => d,
+                };
+                if let Some(why) = bad.or(damage.map(|d| d.to_string())) {
                     return Err(format!(
                         "{}: {why} (see `redrain ledger verify`)",
                         file.display()
@@ -239,6 +241,17 @@ pub fn reconcile(paths: &[PathBuf], now_ms: u64) -> Result<Report, String> {
         }
     }
     Ok(report(fold, ledgers, now_ms))
+}
+
+/// The open segment's damage on a second read, unless it may be torn. A read that races the
+/// writer can see a group's later page written and an earlier one not yet (reads and writes
+/// are not atomic to each other across pages), which looks like damage with intact records
+/// after it; read once more before calling it corruption. What was folded from the first read
+/// stays: records before its damage, a prefix of the ledger.
+fn corrupt_on_rereading(file: &Path) -> Result<Option<Damage>, String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let scan = scan_segment(&bytes, |_| {}).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(scan.damage.filter(|d| !d.may_be_torn()))
 }
 
 fn report(fold: Fold, ledgers: Vec<String>, now_ms: u64) -> Report {

@@ -741,10 +741,7 @@ fn replay(db: &DB, dir: &Path, applied: Option<u64>) -> Result<u64, StorageError
             replayed += 1;
         })
         .map_err(|why| StorageError(format!("{}: {why}", path.display())))?;
-        if let Some(why) = failed.or(scan
-            .damage
-            .map(|(offset, why)| format!("offset {offset}: {why}")))
-        {
+        if let Some(why) = failed.or(scan.damage.map(|d| d.to_string())) {
             return Err(StorageError(format!(
                 "ledger {}: {why}; refusing to start on a damaged ledger (see `redrain ledger verify`)",
                 path.display()
@@ -780,7 +777,7 @@ fn each_ledger_op(dir: &Path, mut f: impl FnMut(Op)) -> Result<(), StorageError>
     .map_err(|e| StorageError(e.to_string()))?;
     let damage = checked
         .damage
-        .map(|(file, offset, why)| format!("{} at offset {offset}: {why}", file.display()));
+        .map(|(file, damage)| format!("{} at {damage}", file.display()));
     match undecodable.or(damage) {
         Some(why) => Err(StorageError(format!(
             "ledger {why}; refusing to start on a damaged ledger (see `redrain ledger verify`)"

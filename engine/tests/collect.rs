@@ -1,6 +1,7 @@
 //! Shipping ledger segments to a collector over HTTP: the collector ends with byte-identical
 //! segments after the node (shipper) and the collector are each restarted mid-transfer; bad
-//! secrets, wrong offsets and damaged records are refused and change nothing.
+//! secrets, wrong offsets and damaged records are refused and change nothing; a damaged copy
+//! refuses its node (file, offset, reason) unless an append cut short explains it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -51,17 +52,17 @@ async fn collector_and_handle(
     (c, at, tx, task)
 }
 
-/// Appends `n` two-record appends to node 7's ledger in `dir` (4 KiB segments).
+/// Appends `n` two-record appends to the ledger in `dir` (node 7, 4 KiB segments).
 fn write(dir: &Path, from: u64, n: u64) {
-    write_node(dir, 7, from, n);
+    write_as(dir, 7, 4096, from, n);
 }
 
-/// Appends `n` two-record appends to `node`'s ledger in `dir` (4 KiB segments).
-fn write_node(dir: &Path, node: u32, from: u64, n: u64) {
+/// Appends `n` two-record appends to node `node`'s ledger in `dir`.
+fn write_as(dir: &Path, node: u32, segment_bytes: u64, from: u64, n: u64) {
     let config = LedgerConfig {
         dir: dir.to_path_buf(),
         node,
-        segment_bytes: 4096,
+        segment_bytes,
         sync: false,
     };
     let (ledger, _) = Ledger::open(config).unwrap();
@@ -74,8 +75,12 @@ fn write_node(dir: &Path, node: u32, from: u64, n: u64) {
 }
 
 fn assert_identical(node: &Path, collected: &Path) {
+    assert_identical_as(7, node, collected);
+}
+
+fn assert_identical_as(id: u32, node: &Path, collected: &Path) {
     let ours = segments(node).unwrap();
-    let theirs = segments(&collected.join("7")).unwrap();
+    let theirs = segments(&collected.join(id.to_string())).unwrap();
     assert_eq!(ours.len(), theirs.len(), "segment count");
     for ((a, pa), (b, pb)) in ours.iter().zip(&theirs) {
         assert_eq!(a, b);
@@ -253,7 +258,7 @@ async fn a_nodes_append_goes_through_while_another_nodes_is_held() {
     for id in [7, 8] {
         let dir = node.path().join(format!("ledger-{id}"));
         let d = dir.clone();
-        tokio::task::spawn_blocking(move || write_node(&d, id, 0, 10))
+        tokio::task::spawn_blocking(move || write_as(&d, id, 4096, 0, 10))
             .await
             .unwrap();
         seg0.push(Bytes::from(
@@ -341,4 +346,107 @@ async fn only_durable_records_are_shipped() {
     stop.send(()).unwrap();
     task.await.unwrap();
     drop(storage);
+}
+
+/// Ships everything of the ledger in `dir` (node `node`) until nothing is left.
+async fn ship_all(dir: &Path, node: u32, addr: std::net::SocketAddr) {
+    let mut shipper = Shipper::new(dir.to_path_buf(), node, addr, SECRET.into());
+    for _ in 0..20 {
+        if shipper.ship_once().await.unwrap() == 0 {
+            return;
+        }
+    }
+    panic!("node {node} still had records to ship");
+}
+
+/// The collector's copy is the way back when a node's own ledger is damaged, so reading it
+/// back after a restart must not silently drop shipped records: it cut every copy at its
+/// first bad record. Damage an append cut short cannot explain (a flip with intact records
+/// after it in the last segment; any damage in a segment before the last) now refuses that
+/// node's requests, naming the file, the offset and the reason, and leaves the file as it
+/// is, while other nodes are served; an append a power cut left with a page of zeros and
+/// intact records after it, at the end of a node's last segment, is still cut and shipped
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_copy_refuses_its_node_and_an_append_cut_short_is_cut() {
+    use redrain::ledger::{FRAME_LEN, HEADER_LEN, PAGE_LEN};
+    // Node 7's copy: a flip in the last segment's first record, intact records after it; a
+    // flip in segment 0's seal, its last record, in a segment before the last.
+    for in_last in [true, false] {
+        let (node7, node9) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = tempfile::tempdir().unwrap();
+        let (ledger7, ledger9) = (node7.path().join("ledger"), node9.path().join("ledger"));
+        let (l7, l9) = (ledger7.clone(), ledger9.clone());
+        tokio::task::spawn_blocking(move || {
+            write(&l7, 0, 150);
+            write_as(&l9, 9, 64 << 10, 0, 150); // one segment, about 14 KiB
+        })
+        .await
+        .unwrap();
+        let (addr, stop, task) = collector(store.path(), "127.0.0.1:0").await;
+        ship_all(&ledger7, 7, addr).await;
+        ship_all(&ledger9, 9, addr).await;
+        stop.send(()).unwrap();
+        task.await.unwrap();
+
+        let copies = segments(&store.path().join("7")).unwrap();
+        assert!(copies.len() >= 3, "{} segments", copies.len());
+        let path = if in_last {
+            copies.last().unwrap().1.clone()
+        } else {
+            copies[0].1.clone()
+        };
+        let mut bytes = std::fs::read(&path).unwrap();
+        let (damaged, expected) = if in_last {
+            (HEADER_LEN, "not a torn write")
+        } else {
+            (bytes.len() - FRAME_LEN - 16, "in a segment before the last")
+        };
+        bytes[damaged + FRAME_LEN + 2] ^= 0x02;
+        std::fs::write(&path, &bytes).unwrap();
+        let copy9 = segments(&store.path().join("9")).unwrap()[0].1.clone();
+        let mut holed = std::fs::read(&copy9).unwrap();
+        assert!(holed.len() > 3 * PAGE_LEN);
+        holed[PAGE_LEN..2 * PAGE_LEN].fill(0);
+        std::fs::write(&copy9, &holed).unwrap();
+
+        let (addr, stop, task) = collector(store.path(), "127.0.0.1:0").await;
+        let mut shipper = Shipper::new(ledger7.clone(), 7, addr, SECRET.into());
+        for _ in 0..2 {
+            let refused = shipper.ship_once().await.unwrap_err();
+            assert!(refused.contains("copy_damaged"), "{refused}");
+            assert!(refused.contains(&path.display().to_string()), "{refused}");
+            let at = format!("offset {damaged}: CRC mismatch");
+            assert!(refused.contains(&at), "{refused}");
+            assert!(refused.contains(expected), "{refused}");
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "the file is left as it was"
+        );
+        // Every segment of the node is refused, not only the damaged one.
+        let mut c = Conn::connect(addr).await.unwrap();
+        let auth = format!("Bearer {SECRET}");
+        let other = copies[1].0;
+        let r = c
+            .send(
+                Method::GET,
+                &format!("/v1/ledger/7/{other}"),
+                &[("authorization", &auth)],
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["code"], "copy_damaged");
+
+        // Node 9 is served: its copy is cut at the record running into the page of zeros,
+        // and shipped again from there.
+        ship_all(&ledger9, 9, addr).await;
+        assert_identical_as(9, &ledger9, store.path());
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "in_last {in_last}");
+        stop.send(()).unwrap();
+        task.await.unwrap();
+    }
 }

@@ -1,8 +1,10 @@
-//! The ledger format and writer: records round-trip; truncation at every byte offset and
-//! random byte flips are detected by `verify` and cut by recovery, and nothing after damage is
-//! read as data; zeros written ahead of the records end a segment cleanly, and are trimmed on a
-//! clean close; concurrent appends get unique, gapless sequence numbers; segments roll and
-//! seal.
+//! The ledger format and writer: records round-trip; truncation at every byte offset is
+//! detected by `verify` and cut by recovery; random byte flips are detected, cut when they may
+//! be a torn write (nothing intact after them) and refused when intact records follow; a page
+//! a power cut kept from the disk, with intact records after it, is cut; nothing after damage
+//! is read as data; zeros written ahead of the records end a segment cleanly, and
+//! are trimmed on a clean close; concurrent appends get unique, gapless sequence numbers;
+//! segments roll and seal.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,7 +34,7 @@ type Owned = (u64, u8, Vec<u8>);
 fn read_all(dir: &Path) -> (Vec<Owned>, Option<(u64, String)>) {
     let mut out = Vec::new();
     let v = verify(dir, |r| out.push((r.seq, r.kind, r.payload.to_vec()))).unwrap();
-    (out, v.damage.map(|(_, offset, why)| (offset, why)))
+    (out, v.damage.map(|(_, d)| (d.offset, d.reason)))
 }
 
 fn payload(i: u64) -> Vec<u8> {
@@ -230,6 +232,7 @@ fn a_sealed_segment_may_keep_zeros_after_its_seal_but_nothing_else() {
 fn byte_flips_are_detected_and_nothing_after_them_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let (path, original, all) = one_segment(dir.path(), 40);
+    let record_len = FRAME_LEN + payload(0).len();
     let mut rng = SmallRng::seed_from_u64(11);
     for _ in 0..300 {
         let mut bytes = original.clone();
@@ -251,11 +254,23 @@ fn byte_flips_are_detected_and_nothing_after_them_is_read() {
             assert!(Ledger::open(config(dir.path(), 1 << 20)).is_err());
             continue;
         }
-        let (ledger, recovery) = Ledger::open(config(dir.path(), 1 << 20)).unwrap();
-        assert!(recovery.cut.is_some());
-        assert_eq!(recovery.next_seq, read.len() as u64);
-        drop(ledger);
-        assert_eq!(read_all(dir.path()), (read, None));
+        // A flip in the last record may be a torn write and is cut; one with intact records
+        // after it is not, and is refused with the file left as it was.
+        let in_last = (at - HEADER_LEN) / record_len == all.len() - 1;
+        match Ledger::open(config(dir.path(), 1 << 20)) {
+            Ok((ledger, recovery)) => {
+                assert!(in_last, "a flip at byte {at} under intact records was cut");
+                assert!(recovery.cut.is_some());
+                assert_eq!(recovery.next_seq, read.len() as u64);
+                drop(ledger);
+                assert_eq!(read_all(dir.path()), (read, None));
+            }
+            Err(e) => {
+                assert!(!in_last, "a flip at byte {at} in the last record: {e}");
+                assert!(e.to_string().contains("not a torn write"), "{e}");
+                assert_eq!(std::fs::read(&path).unwrap(), bytes, "flip at byte {at}");
+            }
+        }
     }
 }
 
@@ -544,4 +559,217 @@ fn damage_under_acknowledged_records_is_refused_not_cut() {
     let refused = Storage::open(&db, &ledger, 1).unwrap_err().to_string();
     assert!(refused.contains("refusing"), "{refused}");
     assert_eq!(std::fs::metadata(&path).unwrap().len(), HEADER_LEN as u64);
+}
+
+/// A data dir whose RocksDB closed (and so flushed) after `flushed` commits, and whose ledger
+/// then took `after` more records, each written and fsynced on its own (so acknowledged) but
+/// not in RocksDB's files: as if the process died before RocksDB's next flush, zeros written
+/// ahead left in place. The ledger directory, its segment, and where each record starts.
+fn acknowledged_since_the_last_flush(
+    dir: &Path,
+    flushed: u32,
+    after: u32,
+) -> (PathBuf, PathBuf, Vec<usize>) {
+    use redrain::ledger::{Tail, DEFAULT_SEGMENT_BYTES};
+    use redrain::storage::{encode_ops, Cf, Op, Storage, BATCH};
+    let win = |i: u32| Op::Put(Cf::Wins, format!("w{i}").into_bytes(), vec![1; 100]);
+    let (db, ledger) = (dir.join("db"), dir.join("ledger"));
+    let storage = Storage::open(&db, &ledger, 1).unwrap();
+    for i in 0..flushed {
+        storage.commit_blocking(vec![win(i)]).unwrap();
+    }
+    drop(storage);
+    let config = LedgerConfig {
+        dir: ledger.clone(),
+        node: 1,
+        segment_bytes: DEFAULT_SEGMENT_BYTES,
+        sync: true,
+    };
+    let (mut tail, _) = Tail::recover(config, None).unwrap();
+    let mut buf = Vec::new();
+    for i in flushed..flushed + after {
+        let mut record = Vec::new();
+        encode_ops(&[win(i)], &mut record);
+        let last = tail
+            .write([[(BATCH, record.as_slice())]], &mut buf)
+            .unwrap();
+        assert_eq!(last, [u64::from(i)]);
+    }
+    // A crash, not a close: the zeros written ahead stay.
+    std::mem::forget(tail);
+    let files = segments(&ledger).unwrap();
+    assert_eq!(files.len(), 1);
+    let path = files[0].1.clone();
+    let bytes = std::fs::read(&path).unwrap();
+    let mut starts = vec![HEADER_LEN];
+    while let Decoded::Record(_, len) = decode_record(&bytes[*starts.last().unwrap()..]) {
+        starts.push(starts.last().unwrap() + len);
+    }
+    starts.pop(); // where the zeros begin
+    assert_eq!(starts.len(), (flushed + after) as usize);
+    (ledger, path, starts)
+}
+
+/// Runs `redrain ledger verify DIR`: whether it passed, and what it printed.
+fn cli_verify(dir: &Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redrain"))
+        .args(["ledger", "verify", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// A flipped byte in a record written after RocksDB's last flush, with intact (acknowledged)
+/// records after it, is corruption, not a torn tail: start-up refused to cut it only when
+/// the damage lay before RocksDB's persisted mark, and cut the acknowledged records after it
+/// otherwise. Now start-up refuses and changes no file, reconciliation fails, and `ledger
+/// verify` calls it corruption.
+#[test]
+fn a_flip_under_records_acknowledged_since_the_last_flush_is_refused_not_cut() {
+    use redrain::storage::Storage;
+    let dir = tempfile::tempdir().unwrap();
+    // RocksDB's mark is at record 4; records 5..=14 are only in the ledger.
+    let (ledger, path, starts) = acknowledged_since_the_last_flush(dir.path(), 5, 10);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let damaged = starts[8];
+    bytes[damaged + FRAME_LEN + 10] ^= 0x04; // record 8's payload
+    std::fs::write(&path, &bytes).unwrap();
+
+    let refused = Storage::open(&dir.path().join("db"), &ledger, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("refusing"), "{refused}");
+    assert!(
+        refused.contains(&format!("offset {damaged}: CRC mismatch")),
+        "{refused}"
+    );
+    let intact = format!("sequence 9 at offset {}", starts[9]);
+    assert!(refused.contains(&intact), "{refused}");
+    assert!(refused.contains("collector's copy"), "{refused}");
+    assert!(refused.contains("redrain ledger verify"), "{refused}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the file is left as it was"
+    );
+
+    let refused = redrain::reconcile::reconcile(&[dir.path().to_path_buf()], 0).unwrap_err();
+    assert!(refused.contains(&intact), "{refused}");
+    assert!(refused.contains("not a torn write"), "{refused}");
+
+    let (ok, text) = cli_verify(&ledger);
+    assert!(!ok, "{text}");
+    assert!(text.contains("8 records, last good sequence 7"), "{text}");
+    assert!(text.contains("corrupt: "), "{text}");
+    assert!(text.contains(&intact), "{text}");
+    assert!(!text.contains("torn tail"), "{text}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the file is left as it was"
+    );
+}
+
+/// A last record cut short with only zeros after it is what a crash mid-write leaves: start-up
+/// still cuts it and goes on, reconciliation reads up to it, and `ledger verify` calls it a
+/// torn tail.
+#[test]
+fn a_torn_last_record_is_still_cut_and_reconciled() {
+    use redrain::storage::{Cf, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, path, starts) = acknowledged_since_the_last_flush(dir.path(), 5, 10);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let torn = starts[14];
+    bytes[torn + FRAME_LEN + 20..].fill(0); // record 14 written only in part
+    std::fs::write(&path, &bytes).unwrap();
+
+    let report = redrain::reconcile::reconcile(&[dir.path().to_path_buf()], 0).unwrap();
+    assert_eq!(report.records, 14);
+
+    let (ok, text) = cli_verify(&ledger);
+    assert!(!ok, "{text}");
+    assert!(text.contains("14 records, last good sequence 13"), "{text}");
+    assert!(text.contains("torn tail: "), "{text}");
+    assert!(
+        text.contains(&format!("offset {torn}: CRC mismatch")),
+        "{text}"
+    );
+
+    let storage = Storage::open(&dir.path().join("db"), &ledger, 1).unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        torn as u64,
+        "cut at record 14"
+    );
+    assert!(
+        storage.get(Cf::Wins, b"w13").unwrap().is_some(),
+        "record 13 replayed"
+    );
+    assert_eq!(storage.get(Cf::Wins, b"w14").unwrap(), None);
+    drop(storage);
+    let (read, damage) = read_all(&ledger);
+    assert_eq!((read.len(), damage), (14, None));
+}
+
+/// A power cut while a group was being written, before its fsync returned, can keep an
+/// earlier page of the group from the disk and not a later one: the page still holds the zeros
+/// written ahead, and intact records follow it. None of the group was acknowledged, so
+/// start-up cuts at the damage and goes on (it refused until the rule learnt the page), and
+/// `ledger verify` calls it a torn tail.
+#[test]
+fn a_page_a_power_cut_kept_from_the_disk_is_cut_as_a_torn_tail() {
+    use redrain::ledger::PAGE_LEN;
+    use redrain::storage::{Cf, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    // RocksDB's mark is at record 4; records 5..=69 run past the second page.
+    let (ledger, path, starts) = acknowledged_since_the_last_flush(dir.path(), 5, 65);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = PAGE_LEN;
+    assert!(starts[5] < page && *starts.last().unwrap() > page + PAGE_LEN);
+    bytes[page..page + PAGE_LEN].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    // Cut at the record that runs into the page: the write began no later than there.
+    let cut = starts.iter().rposition(|&s| s < page).unwrap();
+    let intact = starts.iter().position(|&s| s >= page + PAGE_LEN).unwrap();
+
+    let (ok, text) = cli_verify(&ledger);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("{cut} records, last good sequence {}", cut - 1)),
+        "{text}"
+    );
+    assert!(text.contains("torn tail: "), "{text}");
+    assert!(
+        text.contains(&format!("offset {}: CRC mismatch", starts[cut])),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("zeros at offsets {page}..{}", page + PAGE_LEN)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("sequence {intact} at offset {}", starts[intact])),
+        "{text}"
+    );
+    assert!(!text.contains("corrupt"), "{text}");
+
+    let report = redrain::reconcile::reconcile(&[dir.path().to_path_buf()], 0).unwrap();
+    assert_eq!(report.records, cut as u64);
+
+    let storage = Storage::open(&dir.path().join("db"), &ledger, 1).unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        starts[cut] as u64,
+        "cut at the damage"
+    );
+    let win = |i: usize| format!("w{i}").into_bytes();
+    assert!(storage.get(Cf::Wins, &win(cut - 1)).unwrap().is_some());
+    assert_eq!(storage.get(Cf::Wins, &win(cut)).unwrap(), None);
+    assert_eq!(storage.get(Cf::Wins, &win(intact)).unwrap(), None);
+    drop(storage);
+    let (read, damage) = read_all(&ledger);
+    assert_eq!((read.len(), damage), (cut, None));
 }

@@ -1,7 +1,9 @@
 //! Runs the fuzz corpus (`fuzz/corpus/decode`) through the fuzz target's check, and a few
 //! thousand generated damaged segments: the suite runs the corpus, not the fuzzer.
 
-use redrain_ledger::{check_decoder, encode_record, scan_segment, seal_payload, Header, SEAL};
+use redrain_ledger::{
+    check_decoder, encode_record, scan_segment, seal_payload, Header, PAGE_LEN, SEAL,
+};
 
 /// A small sealed segment of `n` records.
 fn segment(n: u64) -> Vec<u8> {
@@ -68,6 +70,17 @@ fn damaged_segments_pass_the_check() {
         for bit in 0..8 {
             let mut b = whole.clone();
             b[at] ^= 1 << bit;
+            check_decoder(&b);
+        }
+    }
+    // Runs of zeros as a power cut (or a medium) leaves them, across pages of a segment
+    // several pages long: whole pages, and runs from every 97th offset to a page's end.
+    let long = segment(600);
+    assert!(long.len() > 4 * PAGE_LEN);
+    for start in (0..long.len()).step_by(97) {
+        for end in [start + PAGE_LEN, start + PAGE_LEN - start % PAGE_LEN] {
+            let mut b = long.clone();
+            b[start..end.min(long.len())].fill(0);
             check_decoder(&b);
         }
     }
