@@ -237,7 +237,14 @@ impl Collector {
             Ok(bytes) => {
                 let node_dir = self.dir.join(node.to_string());
                 let on_disk = segments(&node_dir).map_err(|e| io(&e))?;
-                let last = on_disk.iter().all(|&(n, _)| n <= segment);
+                // A later file holding no more than its header does not make this segment a
+                // middle one: the shipper sends a new segment's header as soon as the node
+                // creates it, possibly before this segment's seal, so an append cut short
+                // here by a crash is still a torn tail, not damage.
+                let last = on_disk.iter().all(|(n, later)| {
+                    *n <= segment
+                        || std::fs::metadata(later).is_ok_and(|m| m.len() <= HEADER_LEN as u64)
+                });
                 match Copy::read(node, segment, &bytes, last) {
                     Ok(copy) => {
                         if (copy.len as usize) < bytes.len() {
@@ -288,14 +295,22 @@ impl Collector {
             .map_err(PutError::Invalid)?;
         let path = self.path(node, segment);
         let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(path.parent().expect("under the node's dir"))?;
+            let node_dir = path.parent().expect("under the node's dir");
+            std::fs::create_dir_all(node_dir)?;
             let f = OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .open(&path)?;
             f.write_all_at(chunk, offset)?;
-            f.sync_data()
+            f.sync_data()?;
+            if offset == 0 {
+                // A new file: its name (and a new node's directory) must survive a power cut
+                // too before the append is acknowledged.
+                crate::ledger::sync_dir(node_dir)?;
+                crate::ledger::sync_dir(&self.dir)?;
+            }
+            Ok(())
         };
         if let Err(e) = write() {
             // Cut what may have landed and forget the copy: the next request reads the file

@@ -327,7 +327,7 @@ fn verify_ledger(dir: &Path) -> anyhow::Result<ExitCode> {
                 Some(_) => "",
             };
             println!(
-                "torn tail: {} at {damage}{why} (start-up cuts it)",
+                "torn tail: {} at {damage}{why} (start-up cuts it, unless records RocksDB already applied lie past it)",
                 file.display()
             );
             ExitCode::FAILURE

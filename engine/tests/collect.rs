@@ -450,3 +450,75 @@ async fn a_damaged_copy_refuses_its_node_and_an_append_cut_short_is_cut() {
         task.await.unwrap();
     }
 }
+
+/// The shipper sends a new segment's header as soon as the node creates it, which can be
+/// before the previous segment's seal is durable on the node. A collector crash while it then
+/// appends that seal leaves a torn record in a segment that is no longer the last file: it is
+/// still an append cut short (never acknowledged), cut at the restart, and shipped again; not
+/// damage that refuses the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seal_cut_short_behind_the_next_segments_header_is_a_torn_tail() {
+    use redrain::ledger::{scan_segment, HEADER_LEN};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let node = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dir = node.path().join("ledger");
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || write(&d, 0, 150))
+        .await
+        .unwrap();
+    let segs = segments(&dir).unwrap();
+    assert!(segs.len() >= 2);
+    for (_, p) in &segs[2..] {
+        std::fs::remove_file(p).unwrap();
+    }
+    // The node mid-roll: segment 0 sealed, segment 1 only its header, and the durable mark not
+    // yet past the seal.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segs[1].1)
+        .unwrap();
+    f.set_len(HEADER_LEN as u64).unwrap();
+    let first_of_1 = scan_segment(&std::fs::read(&segs[1].1).unwrap(), |_| {})
+        .unwrap()
+        .header
+        .first_seq;
+    let mark = Arc::new(AtomicU64::new(first_of_1));
+    let (addr, stop, task) = collector(store.path(), "127.0.0.1:0").await;
+    let mut shipper =
+        Shipper::new(dir.clone(), 7, addr, SECRET.into()).durable_before(mark.clone());
+    shipper.ship_once().await.unwrap();
+    let copy0 = store.path().join("7").join(format!("{:020}.seg", 0));
+    let copy1 = store.path().join("7").join(format!("{:020}.seg", 1));
+    assert!(
+        copy1.exists(),
+        "segment 1's header went before segment 0's seal"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+
+    // The collector crashes while appending segment 0's seal: part of it is on disk.
+    let node0 = std::fs::read(&segs[0].1).unwrap();
+    let mut c0 = std::fs::read(&copy0).unwrap();
+    let seal_at = c0.len();
+    assert!(seal_at < node0.len(), "the seal was not shipped yet");
+    c0.extend_from_slice(&node0[seal_at..seal_at + 10]);
+    std::fs::write(&copy0, &c0).unwrap();
+
+    mark.store(first_of_1 + 1, Ordering::SeqCst);
+    let (addr, stop, task) = collector(store.path(), "127.0.0.1:0").await;
+    let mut shipper =
+        Shipper::new(dir.clone(), 7, addr, SECRET.into()).durable_before(mark.clone());
+    let shipped = shipper.ship_once().await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    assert!(
+        shipped.is_ok(),
+        "a collector crash refused the node: {shipped:?}"
+    );
+    assert_eq!(
+        std::fs::read(&copy0).unwrap(),
+        node0,
+        "segment 0's copy was cut and shipped again"
+    );
+}
