@@ -13,7 +13,7 @@
 //! threads, never on the async workers.
 //!
 //! After a restart a copy is read back by the ledger's one rule for damage
-//! ([`crate::ledger::Damage::may_be_torn`]): an append cut short at the end of a node's last
+//! ([`crate::ledger::Scan::torn_tail`]): an append cut short at the end of a node's last
 //! segment is cut, and any other damage refuses that node, leaving its files as they are.
 
 use std::collections::HashMap;
@@ -102,7 +102,7 @@ impl Copy {
 
     /// The copy a file holds (`bytes`, node `node`'s segment `segment`; `last`: no later
     /// segment of the node is on disk), by the rule every reader of a ledger uses
-    /// ([`crate::ledger::Damage::may_be_torn`]): an append cut short by a crash (a partial
+    /// ([`crate::ledger::Scan::torn_tail`]): an append cut short by a crash (a partial
     /// record, or a page a power cut kept from the disk, with nothing acknowledged after it)
     /// can only be at the end of the node's last segment, and is left out (the caller cuts
     /// it). Any other damage is an error naming the offset and the reason.
@@ -119,8 +119,7 @@ impl Copy {
         }
         let scan = scan_segment(bytes, |_| {}).map_err(|why| format!("offset 0: {why}"))?;
         if let Some(damage) = &scan.damage {
-            let torn = last && !scan.sealed && damage.may_be_torn();
-            if !torn {
+            if !scan.torn_tail(last) {
                 let segment_is = match (scan.sealed, last) {
                     (true, _) => ", in a sealed segment",
                     (false, false) => ", in a segment before the last",
@@ -296,6 +295,7 @@ impl Collector {
         let path = self.path(node, segment);
         let write = || -> std::io::Result<()> {
             let node_dir = path.parent().expect("under the node's dir");
+            let new_node = !node_dir.exists();
             std::fs::create_dir_all(node_dir)?;
             let f = OpenOptions::new()
                 .create(true)
@@ -304,10 +304,12 @@ impl Collector {
                 .open(&path)?;
             f.write_all_at(chunk, offset)?;
             f.sync_data()?;
+            // A new file's name (and a new node's directory) must survive a power cut too
+            // before the append is acknowledged.
             if offset == 0 {
-                // A new file: its name (and a new node's directory) must survive a power cut
-                // too before the append is acknowledged.
                 crate::ledger::sync_dir(node_dir)?;
+            }
+            if new_node {
                 crate::ledger::sync_dir(&self.dir)?;
             }
             Ok(())

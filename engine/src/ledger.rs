@@ -77,7 +77,8 @@ pub struct Verify {
     pub damage: Option<(PathBuf, Damage)>,
     /// Whether that damage may be a torn write, which start-up cuts: it is in the open
     /// segment, with nothing intact after it or a page a power cut kept from the disk before
-    /// the intact records ([`Damage::may_be_torn`]). Any other damage is corruption.
+    /// the intact records ([`redrain_ledger::Scan::torn_tail`]), or a last segment shorter than
+    /// its header (start-up removes it). Any other damage is corruption.
     pub torn_tail: bool,
 }
 
@@ -102,6 +103,8 @@ pub fn verify(dir: &Path, mut each: impl FnMut(Record<'_>)) -> Result<Verify, Le
         let scan = match scan_segment(&bytes, &mut each) {
             Ok(scan) => scan,
             Err(why) => {
+                // A last segment whose header never became durable is removed at start-up.
+                v.torn_tail = i + 1 == files.len() && bytes.len() < HEADER_LEN;
                 v.damage = damaged(0, why);
                 break;
             }
@@ -116,9 +119,8 @@ pub fn verify(dir: &Path, mut each: impl FnMut(Record<'_>)) -> Result<Verify, Le
         }
         v.records += scan.records;
         v.last_seq = scan.last_seq.or(v.last_seq);
+        v.torn_tail = scan.torn_tail(i + 1 == files.len());
         if let Some(damage) = scan.damage {
-            let last = i + 1 == files.len();
-            v.torn_tail = last && !scan.sealed && damage.may_be_torn();
             v.damage = Some((path.clone(), damage));
             break;
         }
@@ -271,7 +273,9 @@ impl Tail {
             ))
         })?;
         node_of(&scan.header, &path)?;
-        if let Some(damage) = scan.damage.as_ref().filter(|d| !d.may_be_torn()) {
+        // The open segment is the last: any damage but a torn tail (also damage after a seal)
+        // is refused before a file is touched.
+        if let Some(damage) = scan.damage.as_ref().filter(|_| !scan.torn_tail(true)) {
             return Err(LedgerError(format!(
                 "{}: damaged at {damage}; refusing to start rather than cut records written \
                  whole (restore the segment from the collector's copy; see `redrain ledger \

@@ -225,9 +225,10 @@ pub fn reconcile(paths: &[PathBuf], now_ms: u64) -> Result<Report, String> {
                 })
                 .map_err(|e| format!("{}: {e}", file.display()))?;
                 let last = i + 1 == files.len();
+                let torn = scan.torn_tail(last);
                 let damage = match scan.damage {
-                    Some(d) if last && d.may_be_torn() => None,
-                    Some(_) if last => corrupt_on_rereading(file)?,
+                    Some(_) if torn => None,
+                    Some(_) if last && !scan.sealed => corrupt_on_rereading(file)?,
                     d => d,
                 };
                 if let Some(why) = bad.or(damage.map(|d| d.to_string())) {
@@ -251,7 +252,8 @@ pub fn reconcile(paths: &[PathBuf], now_ms: u64) -> Result<Report, String> {
 fn corrupt_on_rereading(file: &Path) -> Result<Option<Damage>, String> {
     let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let scan = scan_segment(&bytes, |_| {}).map_err(|e| format!("{}: {e}", file.display()))?;
-    Ok(scan.damage.filter(|d| !d.may_be_torn()))
+    let torn = scan.torn_tail(true);
+    Ok(scan.damage.filter(|_| !torn))
 }
 
 fn report(fold: Fold, ledgers: Vec<String>, now_ms: u64) -> Report {

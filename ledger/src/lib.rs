@@ -339,6 +339,16 @@ pub struct Scan {
     pub damage: Option<Damage>,
 }
 
+impl Scan {
+    /// Whether this segment ends in a torn tail that may be cut: damage that may be torn
+    /// ([`Damage::may_be_torn`]) in the `last` segment, which is not sealed (a sealed segment
+    /// was fsynced whole before the next one was created, so any damage in it is corruption).
+    /// Every reader of a ledger decides by this one rule.
+    pub fn torn_tail(&self, last: bool) -> bool {
+        last && !self.sealed && self.damage.as_ref().is_some_and(Damage::may_be_torn)
+    }
+}
+
 /// Reads a whole segment, calling `each` for every intact data record up to the first damage.
 ///
 /// A seal must be the last record and agree with what precedes it; sequence numbers must rise
