@@ -534,6 +534,7 @@ impl Deliveries {
     async fn refill(&self, lane: &Arc<Lane>) {
         let partner = lane.settings.load().id.clone();
         let store = self.store.clone();
+        lane.queue.lock().begin_refill();
         let outbox = match tokio::task::spawn_blocking(move || store.outbox(&partner)).await {
             Ok(Ok(outbox)) => outbox,
             Ok(Err(e)) => {
@@ -544,6 +545,7 @@ impl Deliveries {
             }
             Err(e) => {
                 tracing::error!(error = %e, "outbox reader panicked");
+                lane.queue.lock().mark_overflowed();
                 return;
             }
         };
@@ -602,13 +604,23 @@ impl Deliveries {
         if !due {
             return Ok(None); // a stale copy: the record moved on since it was queued
         }
-        let answer = match lane.uri.load().as_ref() {
+        let (answer, closing) = match lane.uri.load().as_ref() {
             Some(uri) => self.request(uri.clone(), settings, &rec, now).await,
-            None => Answer::Refused(format!("partner url {} is not a valid URI", settings.url)),
+            None => (
+                Answer::Refused(format!("partner url {} is not a valid URI", settings.url)),
+                None,
+            ),
         };
-        // The partner has answered, or the request's connection is closed: the lane may send
-        // the next request while this answer is made durable (the id stays busy until then).
-        drop(in_flight);
+        // The partner has answered: the lane may send the next request while this answer is
+        // made durable (the id stays busy until then). A request that timed out keeps its place
+        // until its connection is closed (below), after its answer is recorded.
+        let held = match closing {
+            None => {
+                drop(in_flight);
+                None
+            }
+            Some(closed) => Some((in_flight, closed)),
+        };
         let now = now_ms();
         rec.attempts += 1;
         let deadline = if rec.deadline_ms == 0 {
@@ -667,16 +679,33 @@ impl Deliveries {
             _ => &lane.counts.failures,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if let Some((_place, closed)) = held {
+            // The partner may still be working on the request until it has seen the
+            // connection close, which hyper's connection task starts later: the place is held
+            // until the connection is closed on both sides (see `connector`), for at most
+            // another timeout (a partner that does not close, or hyper pooled it unused).
+            let timeout = Duration::from_millis(settings.timeout_ms);
+            if tokio::time::timeout(timeout, closed.wait()).await.is_err() {
+                // Not a warning: a partner that keeps timing out would log one a request.
+                tracing::debug!(
+                    partner = %settings.id,
+                    "a timed-out request's connection was still open after another {} ms",
+                    settings.timeout_ms
+                );
+            }
+        }
         Ok(later)
     }
 
+    /// Sends one delivery and classifies the answer; on a timeout, also the request's
+    /// connection's [`Closed`] (none if it never got a connection, so was never sent).
     async fn request(
         &self,
         uri: Uri,
         settings: &PartnerSettings,
         rec: &Record,
         now: u64,
-    ) -> Answer {
+    ) -> (Answer, Option<Closed>) {
         let body = request_body(rec);
         let ts = now / 1000;
         let signature = sign::sign(&settings.secrets, &rec.win_id, ts, &body);
@@ -689,7 +718,7 @@ impl Deliveries {
             .body(Full::new(Bytes::from(body)));
         let mut req = match req {
             Ok(req) => req,
-            Err(e) => return Answer::Refused(format!("building the request: {e}")),
+            Err(e) => return (Answer::Refused(format!("building the request: {e}")), None),
         };
         let connection = capture_connection(&mut req);
         let exchange = async {
@@ -713,39 +742,25 @@ impl Deliveries {
         // On a timeout the exchange is dropped here, and hyper closes its connection.
         let answered = tokio::time::timeout(timeout, exchange).await;
         match answered {
-            Err(_) => {
-                // The partner may still be working on the request until it has seen the
-                // connection close, which hyper's connection task starts later: the caller
-                // keeps the request's place in flight until the connection is closed on both
-                // sides (see `connector`). Bounded: a request never handed a connection was
-                // never sent, and one whose connection is still open after another timeout
-                // (a partner that does not close, or hyper pooled it unused) gives its place
-                // back anyway.
-                let closed = connection
-                    .connection_metadata()
-                    .as_ref()
-                    .and_then(Closed::of);
-                if let Some(closed) = closed {
-                    if tokio::time::timeout(timeout, closed.wait()).await.is_err() {
-                        // Not a warning: a partner that keeps timing out would log one a request.
-                        tracing::debug!(
-                            partner = %settings.id,
-                            "a timed-out request's connection was still open after another {} ms",
-                            settings.timeout_ms
-                        );
-                    }
-                }
+            Err(_) => (
                 Answer::Trouble {
                     retry_after_ms: None,
                     why: format!("no answer within {} ms", settings.timeout_ms),
-                }
-            }
-            Ok(Err(e)) => Answer::Trouble {
-                retry_after_ms: None,
-                why: format!("request failed: {e}"),
-            },
+                },
+                connection
+                    .connection_metadata()
+                    .as_ref()
+                    .and_then(Closed::of),
+            ),
+            Ok(Err(e)) => (
+                Answer::Trouble {
+                    retry_after_ms: None,
+                    why: format!("request failed: {e}"),
+                },
+                None,
+            ),
             Ok(Ok((status, retry_after_ms, body))) => {
-                classify(status.as_u16(), retry_after_ms, &body)
+                (classify(status.as_u16(), retry_after_ms, &body), None)
             }
         }
     }

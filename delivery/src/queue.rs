@@ -147,6 +147,14 @@ impl LaneQueue {
         self.overflowed && (!self.is_full() || self.refused)
     }
 
+    /// Starts a refill, before the store's outbox is read: clears the marks that asked for
+    /// it, so a push refused while the outbox is read (an id the read may have missed) marks
+    /// the queue again and [`refill`](Self::refill) keeps that mark.
+    pub fn begin_refill(&mut self) {
+        self.overflowed = false;
+        self.refused = false;
+    }
+
     /// Rebuilds the queue from what it holds and the store's `outbox` (read just before, so
     /// what the queue holds is newer for an id in both): the `cap` earliest-due ids, each
     /// once, ready ones in their order; ids for which `skip` is true (being sent) and ids not
@@ -165,8 +173,7 @@ impl LaneQueue {
         }
         // Stable: ready ids keep their order.
         all.sort_by_key(|&(due, _)| due);
-        self.overflowed = all.len() > self.cap;
-        self.refused = false;
+        self.overflowed |= all.len() > self.cap;
         all.truncate(self.cap);
         for (due, id) in all {
             if due == 0 {
@@ -256,6 +263,7 @@ mod tests {
             (id(7), NOT_SCHEDULED),
             (id(8), 0), // being sent
         ];
+        q.begin_refill();
         q.refill(outbox, |i| *i == id(8));
         assert_eq!(q.len(), 4);
         assert!(q.overflowed(), "ids 2 and 6 did not fit");
@@ -269,8 +277,24 @@ mod tests {
         assert!(q.wants_refill(), "room again, and the store holds more");
         // A second refill adds nothing twice.
         q.push(id(1));
+        q.begin_refill();
         q.refill(vec![(id(1), 0), (id(2), 900)], |_| false);
         assert_eq!(q.len(), 2);
         assert!(!q.overflowed());
+    }
+
+    #[test]
+    fn a_push_refused_while_the_outbox_is_read_asks_for_another_refill() {
+        let mut q = LaneQueue::new(2);
+        q.push(id(1));
+        q.push(id(2));
+        q.begin_refill();
+        // While the outbox is read, a new id is refused (the queue is full); the read may have
+        // been taken before that id was stored.
+        assert!(!q.push(id(3)));
+        q.refill(vec![(id(1), 0), (id(2), 0)], |_| false);
+        assert_eq!(q.len(), 2);
+        q.pop(0);
+        assert!(q.wants_refill(), "id 3 is only in the store");
     }
 }
