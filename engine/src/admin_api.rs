@@ -21,7 +21,7 @@ use crate::api::{
     count_param, delivery_error, delivery_id, error_reply, json_ok, pending_body, raw_query,
     PendingBody, Reply,
 };
-use crate::error::{malformed_json, malformed_toml, parse_json, parse_query, ApiError};
+use crate::error::{malformed, malformed_json, malformed_toml, parse_json, parse_query, ApiError};
 use crate::server::{App, PublishFailure};
 use crate::storage::{Cf, Op};
 use quota::store::PublishError;
@@ -552,20 +552,28 @@ async fn publish_document(app: Arc<App>, who: Principal, body: Bytes) -> Result<
 /// A config document, JSON when it starts with `{`, else TOML: 400 naming where a document
 /// that is not well-formed breaks, 422 naming every field of one that is not a valid config.
 fn parse_document(body: &[u8]) -> Result<Config, ApiError> {
-    let text = std::str::from_utf8(body).map_err(|_| ApiError {
-        code: "malformed_toml",
-        ..ApiError::field("body", "the config must be UTF-8 TOML or JSON")
+    let text = std::str::from_utf8(body).map_err(|_| {
+        malformed(
+            "malformed_toml",
+            "the config must be UTF-8 TOML or JSON",
+            (0, 0),
+        )
     })?;
     // quota's parse names a bad field by its path but does not tell a broken document from a
-    // bad field (toml's errors cannot), so the syntax is checked on its own first: a config is
-    // at most `MAX_CONFIG_BODY` and published rarely, so the second parse costs little.
+    // bad field (toml's errors cannot), so only a document it refuses is parsed again, for its
+    // syntax alone: broken (400, where) or well-formed but not a valid config (422, which fields).
     if text.trim_start().starts_with('{') {
-        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| malformed_json(&e))?;
-        Config::from_json(body).map_err(invalid_config)
+        Config::from_json(body).map_err(|e| {
+            match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Err(broken) => malformed_json(&broken),
+                Ok(_) => invalid_config(e),
+            }
+        })
     } else {
-        text.parse::<toml::Table>()
-            .map_err(|e| malformed_toml(text, &e))?;
-        Config::from_toml(text).map_err(invalid_config)
+        Config::from_toml(text).map_err(|e| match text.parse::<toml::Table>() {
+            Err(broken) => malformed_toml(text, &broken),
+            Ok(_) => invalid_config(e),
+        })
     }
 }
 

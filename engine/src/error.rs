@@ -151,7 +151,11 @@ pub fn malformed_toml(text: &str, e: &toml::de::Error) -> ApiError {
 
 /// A broken body's error: `code`, the field `body`, and the problem with its 1-based line and
 /// column (`(0, 0)` when the parser did not say).
-fn malformed(code: &'static str, problem: &str, (line, column): (usize, usize)) -> ApiError {
+pub(crate) fn malformed(
+    code: &'static str,
+    problem: &str,
+    (line, column): (usize, usize),
+) -> ApiError {
     let message = if line == 0 {
         problem.to_string()
     } else {

@@ -469,6 +469,9 @@ impl Config {
             let path = e.path().to_string();
             ConfigErrors::one(path, e.into_inner().to_string())
         })?;
+        // Nothing but whitespace may follow the document.
+        de.end()
+            .map_err(|e| ConfigErrors::one(String::new(), e.to_string()))?;
         raw.validate()
     }
 }

@@ -206,22 +206,18 @@ impl ConfigStore {
             }
             // A closed counter this config opens again is created from its issued count, so
             // that count binds the new quota just like an open counter's.
-            let mut quotas = std::collections::HashMap::new();
             for (prize, by_occurrence) in &counters.closed {
-                let found = quotas
-                    .entry(prize)
-                    .or_insert_with(|| find_quota(&config, prize, now_ms));
-                let Some((field, quota, open_from)) = found else {
+                let Some((field, quota, open_from)) = find_quota(&config, prize, now_ms) else {
                     continue;
                 };
-                let new = self.share.quota(*quota);
+                let new = self.share.quota(quota);
                 let reopened = by_occurrence
                     .iter()
-                    .find(|&(&occurrence, &issued)| occurrence >= *open_from && issued > new);
+                    .find(|&(&occurrence, &issued)| occurrence >= open_from && issued > new);
                 if let Some((&occurrence, &issued)) = reopened {
                     restore(&lowered);
                     return Err(PublishError::QuotaBelowIssued {
-                        field: field.clone(),
+                        field,
                         prize: prize.clone(),
                         occurrence,
                         quota: new,
