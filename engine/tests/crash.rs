@@ -4,6 +4,9 @@
 //! `issued`, every win that was acknowledged with a 200 is listed, no prize is issued past its
 //! quota, `issued` equals the wins actually stored, no user is past a cap, and every
 //! acknowledged request id replays byte for byte.
+//!
+//! And a disk that refuses a write: the same binary with its file size limited (`ulimit -f`)
+//! answers the draws whose group failed with 503, and after a restart nothing of them is left.
 
 mod common;
 
@@ -16,7 +19,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    campaign, cash_prize, coupon_prize, get_ok, issued, live_round, wins_of, Engine, PARTNERS,
+    campaign, cash_prize, coupon_prize, get_ok, issued, live_round, wins_in, wins_of, Engine,
+    PARTNERS,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -169,7 +173,7 @@ fn assert_ledger(data: &Path, served: &BTreeMap<String, u64>, cycle: usize) {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "cycle {cycle}: ledger verify: {text}");
-    let mut replayed: BTreeMap<String, u64> = QUOTAS.iter().map(|q| (q.0.into(), 0)).collect();
+    let mut replayed: BTreeMap<String, u64> = served.keys().map(|p| (p.clone(), 0)).collect();
     let v = redrain::ledger::verify(&dir, |r| {
         for op in redrain::storage::decode_ops(r.payload).unwrap() {
             if let redrain::storage::Op::Add(redrain::storage::Cf::Counters, key, n) = op {
@@ -362,5 +366,125 @@ async fn acknowledged_wins_survive_sigkill_and_quotas_hold() {
     );
     let m = common::metrics(&mut c).await;
     assert_eq!(common::metric(&m, "redrain_storage_errors_total"), 0.0);
+    engine.kill().await;
+}
+
+/// Every shake wins a 100-cent prize with ample quota, rate and caps (round id `crash`, so
+/// [`send`] reaches it).
+fn disk_config() -> String {
+    campaign("disk", "")
+        + PARTNERS
+        + &live_round("crash", "disk", 1_000_000, 0)
+        + &cash_prize("cash-d", CASH_AMOUNT, 10_000_000, 1_000_000, 1)
+}
+
+/// The ledger's file may grow to this size and no further. A new segment writes its header and
+/// 1 MiB of zeros ahead; after about 512 KiB of records the next top-up of zeros fails.
+const FILE_LIMIT: u64 = 3 << 19;
+
+/// A disk that refuses a write: the group that hit it is answered 503, gives its prizes back and
+/// is cut from the ledger (`Tail::undo`); every later draw is refused as well, since the file's
+/// position is no longer known. After a restart without the limit, the acknowledged wins are
+/// exactly what is issued and listed, each acknowledged request replays its bytes, and no refused
+/// request does: retried, it draws anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draws_the_disk_refused_are_answered_503_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("disk.toml");
+    std::fs::write(&config_path, disk_config()).unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("log-limited.txt");
+    let engine = Engine::start_with_file_limit(&config_path, &data, &log, FILE_LIMIT).await;
+
+    // Four clients draw, one new user per request, until each is refused three times in a row
+    // (the limit is reached after a few thousand draws; 20,000 each bounds the loop).
+    let addr = engine.addr;
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            tokio::spawn(async move {
+                let mut c = Conn::connect(addr).await.unwrap();
+                let (mut acked, mut refused) = (Vec::new(), Vec::new());
+                for n in 0..20_000 {
+                    let req = Req {
+                        user: format!("du-{t}-{n}"),
+                        request_id: format!("d-{t}-{n}"),
+                        shakes: 1,
+                    };
+                    let r = send(&mut c, &req).await.unwrap();
+                    match r.status {
+                        200 => {
+                            assert!(refused.is_empty(), "{req:?} was drawn after a refusal");
+                            acked.push((req, r.body));
+                        }
+                        503 => {
+                            let e: Value = r.json();
+                            assert_eq!(e["code"], "storage_unavailable", "{e}");
+                            refused.push(req);
+                            if refused.len() == 3 {
+                                break;
+                            }
+                        }
+                        s => panic!("{req:?}: {s} {}", String::from_utf8_lossy(&r.body)),
+                    }
+                }
+                (acked, refused)
+            })
+        })
+        .collect();
+    let (mut acked, mut refused) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        assert_eq!(r.len(), 3, "the disk never refused a write");
+        acked.extend(a);
+        refused.extend(r);
+    }
+    let acked_wins = acked.len() as u64;
+    eprintln!("{acked_wins} draws acknowledged, {} refused", refused.len());
+    assert!(acked_wins > 100, "only {acked_wins} draws before the limit");
+
+    // Still up: the refused draws gave their prizes back, and an acknowledged answer is still
+    // read back from what is durable.
+    let mut c = Conn::connect(addr).await.unwrap();
+    assert_eq!(issued(&mut c, "crash").await["cash-d"], acked_wins);
+    let m = common::metrics(&mut c).await;
+    assert!(common::metric(&m, "redrain_storage_errors_total") >= 1.0);
+    let (req, body) = &acked[0];
+    assert_eq!(send(&mut c, req).await.unwrap().body, *body);
+    engine.kill().await;
+
+    // Restarted without the limit: the ledger verifies and replays exactly the acknowledged wins.
+    let engine = Engine::start(&config_path, &data, &dir.path().join("log-after.txt")).await;
+    let mut c = Conn::connect(engine.addr).await.unwrap();
+    let served = issued(&mut c, "crash").await;
+    assert_eq!(served["cash-d"], acked_wins, "issued after the restart");
+    assert_ledger(&data, &served, 0);
+    let replays = |m: &HashMap<String, f64>| common::metric(m, "redrain_draw_replays_total");
+    let before = replays(&common::metrics(&mut c).await);
+    for req in &refused {
+        let r = send(&mut c, req).await.unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "{req:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(wins_in(&r.json()).len(), 1, "{req:?} drew anew");
+    }
+    assert_eq!(
+        replays(&common::metrics(&mut c).await),
+        before,
+        "a refused request replayed a stored answer"
+    );
+    for (req, body) in &acked {
+        assert_eq!(send(&mut c, req).await.unwrap().body, *body, "{req:?}");
+        let listed = wins_of(&mut c, &req.user).await;
+        let won = wins_in(&serde_json::from_slice(body).unwrap());
+        assert_eq!(listed.len(), 1, "{req:?}: {listed:?}");
+        assert_eq!(listed[0]["win_id"], won[0]["win_id"], "{req:?}");
+    }
+    assert_eq!(
+        issued(&mut c, "crash").await["cash-d"],
+        acked_wins + refused.len() as u64
+    );
     engine.kill().await;
 }

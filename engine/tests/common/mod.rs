@@ -554,8 +554,43 @@ impl Engine {
 
     /// [`Engine::start`] with more `serve` flags.
     pub async fn start_with(config: &Path, data: &Path, log: &Path, extra: &[&str]) -> Engine {
+        Engine::spawn(config, data, log, extra, None).await
+    }
+
+    /// [`Engine::start`] in a process whose files may not grow past `max_file_bytes`
+    /// (`ulimit -f`, with `SIGXFSZ` ignored): a write past it fails with `EFBIG`, as a
+    /// full disk fails a write.
+    pub async fn start_with_file_limit(
+        config: &Path,
+        data: &Path,
+        log: &Path,
+        max_file_bytes: u64,
+    ) -> Engine {
+        Engine::spawn(config, data, log, &[], Some(max_file_bytes)).await
+    }
+
+    async fn spawn(
+        config: &Path,
+        data: &Path,
+        log: &Path,
+        extra: &[&str],
+        max_file_bytes: Option<u64>,
+    ) -> Engine {
         let log_file = std::fs::File::create(log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_redrain"))
+        let binary = env!("CARGO_BIN_EXE_redrain");
+        let mut command = match max_file_bytes {
+            None => Command::new(binary),
+            Some(bytes) => {
+                // The shell ignores SIGXFSZ (an ignored signal stays ignored across exec), sets
+                // the limit in KiB and becomes the engine.
+                let mut c = Command::new("bash");
+                c.args(["-c", r#"trap '' XFSZ && ulimit -f "$0" && exec "$@""#])
+                    .arg((bytes / 1024).to_string())
+                    .arg(binary);
+                c
+            }
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(config)
