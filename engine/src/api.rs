@@ -96,9 +96,18 @@ pub fn routes(
         .and(warp::get())
         .and(with_app.clone())
         .map(|Segment(id): Segment, app: Arc<App>| timed(&app, || region(&app, &id)));
+    // A node whose ledger refused a write refuses every draw: a load balancer's health check
+    // takes it out.
     let healthz = warp::path!("healthz")
         .and(warp::get())
-        .map(|| json_reply(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()));
+        .and(with_app.clone())
+        .map(|app: Arc<App>| match app.service.storage.failed() {
+            false => json_reply(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
+            true => json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                br#"{"status":"storage_failed"}"#.to_vec(),
+            ),
+        });
     let rounds = warp::path!("v1" / "rounds")
         .and(warp::get())
         .and(with_app.clone())
@@ -119,7 +128,7 @@ pub fn routes(
             let mut text = svc
                 .metrics
                 .render(svc.snapshot().seq.0, svc.locks.in_flight());
-            crate::metrics::render_storage(&mut text, svc.storage.groups());
+            crate::metrics::render_storage(&mut text, &svc.storage);
             crate::metrics::render_lanes(&mut text, &svc.deliveries.stats());
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")

@@ -13,7 +13,7 @@
 //! per geo drop, summed likewise).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread;
 
@@ -124,8 +124,8 @@ pub struct Storage {
     /// `None` only while dropping: closing it ends the writer thread.
     writer: Option<mpsc::Sender<Job>>,
     writer_thread: Option<thread::JoinHandle<()>>,
-    /// Groups written: one ledger write and one fsync each.
-    groups: Arc<AtomicU64>,
+    /// What the writer thread has done.
+    writes: Arc<Writes>,
     /// Every ledger record before this sequence number is on disk.
     durable: Arc<AtomicU64>,
     /// Counters RocksDB held differently from the ledger at start-up, set to the ledger's.
@@ -247,8 +247,8 @@ impl Storage {
         let durable = tail.durable();
         let (writer, rx) = mpsc::channel(COMMIT_QUEUE);
         let db2 = db.clone();
-        let groups = Arc::new(AtomicU64::new(0));
-        let counted = groups.clone();
+        let writes = Arc::new(Writes::default());
+        let counted = writes.clone();
         // The writer builds its runtime (only for its waits on the channel, with a deadline; it
         // does its I/O itself) on its own thread, so no runtime is ever dropped on the caller's,
         // which may be async; it reports whether that worked before `open` returns.
@@ -278,7 +278,7 @@ impl Storage {
             db,
             writer: Some(writer),
             writer_thread: Some(writer_thread),
-            groups,
+            writes,
             durable,
             repairs,
         })
@@ -291,7 +291,12 @@ impl Storage {
 
     /// Groups written since open: one ledger write and one fsync each.
     pub fn groups(&self) -> u64 {
-        self.groups.load(Relaxed)
+        self.writes.groups.load(Relaxed)
+    }
+
+    /// Whether the ledger refused a write: every later batch is refused until a restart.
+    pub fn failed(&self) -> bool {
+        self.writes.failed.load(Relaxed)
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {
@@ -926,6 +931,15 @@ fn repair(db: &DB, dir: &Path) -> Result<Vec<String>, StorageError> {
     Ok(differences)
 }
 
+/// What the writer thread reports.
+#[derive(Debug, Default)]
+struct Writes {
+    /// Groups written: one ledger write and one fsync each.
+    groups: AtomicU64,
+    /// A ledger write failed; every later batch is refused.
+    failed: AtomicBool,
+}
+
 /// Most start-up repairs listed (and logged) one by one; all of them are made.
 const MAX_REPAIRS_LISTED: usize = 1000;
 
@@ -937,7 +951,7 @@ fn group_commit(
     mut ledger: Tail,
     mut rx: mpsc::Receiver<Job>,
     waiting: tokio::runtime::Runtime,
-    groups: &AtomicU64,
+    writes: &Writes,
 ) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(MAX_GROUP);
@@ -976,7 +990,7 @@ fn group_commit(
                 let records = payloads.iter().map(|p| [(BATCH, p.as_slice())]);
                 match ledger.write(records, &mut buf) {
                     Ok(last) => {
-                        groups.fetch_add(1, Relaxed);
+                        writes.groups.fetch_add(1, Relaxed);
                         let applied = last.last().copied().unwrap_or_default();
                         if let Err(e) =
                             write_group(&db, jobs.iter().flat_map(|j| j.ops.iter()), applied)
@@ -992,6 +1006,7 @@ fn group_commit(
                     Err(e) => {
                         let e = StorageError(e.to_string());
                         broken = Some(e.clone());
+                        writes.failed.store(true, Relaxed);
                         Err(e)
                     }
                 }

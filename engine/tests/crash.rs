@@ -384,7 +384,7 @@ const FILE_LIMIT: u64 = 3 << 19;
 
 /// A disk that refuses a write: the group that hit it is answered 503, gives its prizes back and
 /// is cut from the ledger (`Tail::undo`); every later draw is refused as well, since the file's
-/// position is no longer known. After a restart without the limit, the acknowledged wins are
+/// position is no longer known, and `/healthz` answers 503. After a restart without the limit, the acknowledged wins are
 /// exactly what is issued and listed, each acknowledged request replays its bytes, and no refused
 /// request does: retried, it draws anew.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,6 +448,10 @@ async fn draws_the_disk_refused_are_answered_503_and_leave_nothing_behind() {
     assert_eq!(issued(&mut c, "crash").await["cash-d"], acked_wins);
     let m = common::metrics(&mut c).await;
     assert!(common::metric(&m, "redrain_storage_errors_total") >= 1.0);
+    assert_eq!(common::metric(&m, "redrain_storage_failed"), 1.0);
+    let health = c.get("/healthz").await.unwrap();
+    assert_eq!(health.status, 503, "a node that refuses every draw is not healthy");
+    assert_eq!(health.json()["status"], "storage_failed");
     let (req, body) = &acked[0];
     assert_eq!(send(&mut c, req).await.unwrap().body, *body);
     engine.kill().await;
@@ -455,6 +459,7 @@ async fn draws_the_disk_refused_are_answered_503_and_leave_nothing_behind() {
     // Restarted without the limit: the ledger verifies and replays exactly the acknowledged wins.
     let engine = Engine::start(&config_path, &data, &dir.path().join("log-after.txt")).await;
     let mut c = Conn::connect(engine.addr).await.unwrap();
+    assert_eq!(c.get("/healthz").await.unwrap().status, 200);
     let served = issued(&mut c, "crash").await;
     assert_eq!(served["cash-d"], acked_wins, "issued after the restart");
     assert_ledger(&data, &served, 0);
