@@ -164,10 +164,8 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     let stored = match storage.get(Cf::Meta, CONFIG_KEY)? {
         Some(bytes) => {
             let s: StoredConfig = serde_json::from_slice(&bytes)?;
-            let config = s.config.validate().map_err(|e| {
-                anyhow::anyhow!("the stored config (seq {}) no longer validates: {e}", s.seq)
-            })?;
-            Some((SeqNo(s.seq), config))
+            let validated = s.config.clone().validate();
+            Some((SeqNo(s.seq), s.config, validated))
         }
         None => None,
     };
@@ -183,9 +181,24 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
             )
         })
     };
+    // `replaced`: a stored config this version no longer accepts, which a changed file
+    // replaces. The file's config stands in for it until the file is published on top (as the
+    // next SeqNo, checked against the counters like any publish).
+    let mut replaced = None;
     let (seq, config, pending_file) = match stored {
-        Some((seq, config)) if !file_changed => (seq, config, None),
-        Some((seq, config)) => (seq, config, Some(parse_file()?)),
+        Some((seq, _, Ok(config))) if !file_changed => (seq, config, None),
+        Some((seq, _, Ok(config))) => (seq, config, Some(parse_file()?)),
+        Some((seq, raw, Err(e))) if file_changed => {
+            let file = parse_file()?;
+            tracing::warn!(seq = seq.0, errors = %e, "the stored config no longer validates; the changed config file replaces it");
+            replaced = Some((raw, e));
+            (seq, file.clone(), Some(file))
+        }
+        Some((seq, _, Err(e))) => anyhow::bail!(
+            "the stored config (seq {}) no longer validates: {e}\n(start with a changed, valid \
+             --config file: it is published on top, checked against what was issued)",
+            seq.0
+        ),
         None => (SeqNo(0), parse_file()?, None),
     };
 
@@ -237,6 +250,16 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
             "from {} (sha256 {file_hash})",
             settings.config_path.display()
         )];
+        let old = match &replaced {
+            Some((raw, e)) => {
+                changes.push(format!(
+                    "replaces the stored config (seq {}), which no longer validates: {e}",
+                    seq.0 - 1
+                ));
+                raw
+            }
+            None => old,
+        };
         changes.extend(crate::admin::publish_changes(old, new));
         let at = service.clock.now_ms();
         vec![admin.audit(&from_file, "published", seq.0, changes, at)]

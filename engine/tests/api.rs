@@ -2116,6 +2116,91 @@ fn restart_config(quota: u64) -> String {
         + &cash_prize("cash", 100, quota, 1000, 1)
 }
 
+/// A stored config that this version no longer accepts (a stricter check after an upgrade;
+/// here a `rate_per_s` of 0 written straight into the data dir) stops the start with the way
+/// out; a changed, valid config file is that way: it is published on top, checked against what
+/// was issued like any publish, and audited with what it replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_replaces_a_stored_config_that_no_longer_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), &restart_config(6), t0()).await;
+    let mut c = server.conn().await;
+    assert_eq!(
+        wins_in(&draw_ok(&mut c, "r", "alice", "a1", 20).await).len(),
+        3
+    );
+    drop(c);
+    let (config_path, data_dir, clock) = (
+        server.config_path.clone(),
+        server.data_dir.clone(),
+        server.clock.clone(),
+    );
+    server.stop().await;
+    let data = data_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let storage =
+            redrain::storage::Storage::open(&data.join("db"), &data.join("ledger"), 0).unwrap();
+        let meta = redrain::storage::Cf::Meta;
+        let mut stored: Value =
+            serde_json::from_slice(&storage.get(meta, b"config").unwrap().unwrap()).unwrap();
+        stored["config"]["rounds"][0]["prizes"][0]["rate_per_s"] = json!(0);
+        let op = redrain::storage::Op::Put(meta, b"config".to_vec(), stored.to_string().into());
+        storage.commit_blocking(vec![op]).unwrap();
+    })
+    .await
+    .unwrap();
+    let share = quota::store::NodeShare::new(0, 1).unwrap();
+    let settings = settings(&config_path, &data_dir, share);
+    let open = || try_open(&settings, clock.clone());
+
+    let e = format!(
+        "{:#}",
+        open().await.expect_err("the same file cannot replace it")
+    );
+    for part in [
+        "stored config (seq 1) no longer validates",
+        "rate_per_s",
+        "--config",
+    ] {
+        assert!(e.contains(part), "{part:?} missing from: {e}");
+    }
+    // A file under what was issued is refused like any publish.
+    std::fs::write(&config_path, restart_config(2)).unwrap();
+    let e = format!("{:#}", open().await.expect_err("quota 2 < issued 3"));
+    assert!(e.contains("quota"), "{e}");
+
+    std::fs::write(&config_path, restart_config(7)).unwrap();
+    let server = Server::start(&config_path, &data_dir, clock).await;
+    let mut c = server.conn().await;
+    assert_eq!(config_seq(&mut c).await, 2);
+    assert_eq!(issued(&mut c, "r").await["cash"], 3, "issued survives");
+    assert_eq!(
+        wins_in(&draw_ok(&mut c, "r", "bob", "b1", 20).await).len(),
+        3
+    );
+    assert_eq!(
+        wins_in(&draw_ok(&mut c, "r", "carol", "c1", 20).await).len(),
+        1,
+        "the file's quota of 7 runs out"
+    );
+    let auth = format!("Bearer {TOKEN}");
+    let r = c
+        .send(
+            Method::GET,
+            "/admin/api/audit",
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    let audit: Value = r.json();
+    let changes = audit["entries"][0]["changes"].to_string();
+    for part in ["replaces the stored config (seq 1)", "rate_per_s", "quota"] {
+        assert!(changes.contains(part), "{part:?} missing from: {changes}");
+    }
+    server.stop().await;
+}
+
 /// Defect A3: a data dir restarted with another --node-count restored its node's issued counts
 /// against the new, larger share of each quota. The share is recorded at the first start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -450,7 +450,10 @@ async fn draws_the_disk_refused_are_answered_503_and_leave_nothing_behind() {
     assert!(common::metric(&m, "redrain_storage_errors_total") >= 1.0);
     assert_eq!(common::metric(&m, "redrain_storage_failed"), 1.0);
     let health = c.get("/healthz").await.unwrap();
-    assert_eq!(health.status, 503, "a node that refuses every draw is not healthy");
+    assert_eq!(
+        health.status, 503,
+        "a node that refuses every draw is not healthy"
+    );
     assert_eq!(health.json()["status"], "storage_failed");
     let (req, body) = &acked[0];
     assert_eq!(send(&mut c, req).await.unwrap().body, *body);
