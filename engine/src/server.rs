@@ -163,9 +163,21 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
 
     let stored = match storage.get(Cf::Meta, CONFIG_KEY)? {
         Some(bytes) => {
-            let s: StoredConfig = serde_json::from_slice(&bytes)?;
-            let validated = s.config.clone().validate();
-            Some((SeqNo(s.seq), s.config, validated))
+            // The seq first: a config an older version wrote may no longer parse as this
+            // version's `RawConfig`, and is then treated like one that no longer validates.
+            #[derive(serde::Deserialize)]
+            struct Seq {
+                seq: u64,
+            }
+            let seq = serde_json::from_slice::<Seq>(&bytes)?.seq;
+            let (raw, validated) = match serde_json::from_slice::<StoredConfig>(&bytes) {
+                Ok(s) => (
+                    Some(s.config.clone()),
+                    s.config.validate().map_err(|e| e.to_string()),
+                ),
+                Err(e) => (None, Err(format!("it no longer parses: {e}"))),
+            };
+            Some((SeqNo(seq), raw, validated))
         }
         None => None,
     };
@@ -256,7 +268,7 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
                     "replaces the stored config (seq {}), which no longer validates: {e}",
                     seq.0 - 1
                 ));
-                raw
+                raw.as_ref().unwrap_or(old)
             }
             None => old,
         };

@@ -2116,10 +2116,28 @@ fn restart_config(quota: u64) -> String {
         + &cash_prize("cash", 100, quota, 1000, 1)
 }
 
-/// A stored config that this version no longer accepts (a stricter check after an upgrade;
-/// here a `rate_per_s` of 0 written straight into the data dir) stops the start with the way
-/// out; a changed, valid config file is that way: it is published on top, checked against what
-/// was issued like any publish, and audited with what it replaced.
+/// Rewrites the data dir's stored config (the engine stopped) with `change`, as an older
+/// version could have written it.
+async fn rewrite_stored_config(data: &std::path::Path, change: fn(&mut Value)) {
+    let data = data.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let storage =
+            redrain::storage::Storage::open(&data.join("db"), &data.join("ledger"), 0).unwrap();
+        let meta = redrain::storage::Cf::Meta;
+        let mut stored: Value =
+            serde_json::from_slice(&storage.get(meta, b"config").unwrap().unwrap()).unwrap();
+        change(&mut stored["config"]);
+        let op = redrain::storage::Op::Put(meta, b"config".to_vec(), stored.to_string().into());
+        storage.commit_blocking(vec![op]).unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// A stored config that this version no longer accepts (after an upgrade: a stricter check, or
+/// a field it no longer knows; here written straight into the data dir) stops the start with
+/// the way out; a changed, valid config file is that way: it is published on top, checked
+/// against what was issued like any publish, and audited with what it replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_file_replaces_a_stored_config_that_no_longer_validates() {
     let dir = tempfile::tempdir().unwrap();
@@ -2136,41 +2154,34 @@ async fn a_changed_file_replaces_a_stored_config_that_no_longer_validates() {
         server.clock.clone(),
     );
     server.stop().await;
-    let data = data_dir.clone();
-    tokio::task::spawn_blocking(move || {
-        let storage =
-            redrain::storage::Storage::open(&data.join("db"), &data.join("ledger"), 0).unwrap();
-        let meta = redrain::storage::Cf::Meta;
-        let mut stored: Value =
-            serde_json::from_slice(&storage.get(meta, b"config").unwrap().unwrap()).unwrap();
-        stored["config"]["rounds"][0]["prizes"][0]["rate_per_s"] = json!(0);
-        let op = redrain::storage::Op::Put(meta, b"config".to_vec(), stored.to_string().into());
-        storage.commit_blocking(vec![op]).unwrap();
+    rewrite_stored_config(&data_dir, |c| {
+        c["rounds"][0]["prizes"][0]["rate_per_s"] = json!(0)
     })
-    .await
-    .unwrap();
+    .await;
     let share = quota::store::NodeShare::new(0, 1).unwrap();
     let settings = settings(&config_path, &data_dir, share);
     let open = || try_open(&settings, clock.clone());
+    let refused = |e: anyhow::Error, parts: &[&str]| {
+        let e = format!("{e:#}");
+        for part in parts {
+            assert!(e.contains(part), "{part:?} missing from: {e}");
+        }
+    };
 
-    let e = format!(
-        "{:#}",
-        open().await.expect_err("the same file cannot replace it")
+    refused(
+        open().await.expect_err("the same file cannot replace it"),
+        &[
+            "stored config (seq 1) no longer validates",
+            "rate_per_s",
+            "--config",
+        ],
     );
-    for part in [
-        "stored config (seq 1) no longer validates",
-        "rate_per_s",
-        "--config",
-    ] {
-        assert!(e.contains(part), "{part:?} missing from: {e}");
-    }
     // A file under what was issued is refused like any publish.
     std::fs::write(&config_path, restart_config(2)).unwrap();
-    let e = format!("{:#}", open().await.expect_err("quota 2 < issued 3"));
-    assert!(e.contains("quota"), "{e}");
+    refused(open().await.expect_err("quota 2 < issued 3"), &["quota"]);
 
     std::fs::write(&config_path, restart_config(7)).unwrap();
-    let server = Server::start(&config_path, &data_dir, clock).await;
+    let server = Server::start(&config_path, &data_dir, clock.clone()).await;
     let mut c = server.conn().await;
     assert_eq!(config_seq(&mut c).await, 2);
     assert_eq!(issued(&mut c, "r").await["cash"], 3, "issued survives");
@@ -2183,21 +2194,37 @@ async fn a_changed_file_replaces_a_stored_config_that_no_longer_validates() {
         1,
         "the file's quota of 7 runs out"
     );
-    let auth = format!("Bearer {TOKEN}");
-    let r = c
-        .send(
-            Method::GET,
-            "/admin/api/audit",
-            &[("authorization", &auth)],
-            Bytes::new(),
-        )
+    let changes = admin(&mut c, Method::GET, "/admin/api/audit", Some(TOKEN))
         .await
-        .unwrap();
-    let audit: Value = r.json();
-    let changes = audit["entries"][0]["changes"].to_string();
+        .json()["entries"][0]["changes"]
+        .to_string();
     for part in ["replaces the stored config (seq 1)", "rate_per_s", "quota"] {
         assert!(changes.contains(part), "{part:?} missing from: {changes}");
     }
+    drop(c);
+    server.stop().await;
+
+    // A stored config with a field this version does not know no longer parses.
+    rewrite_stored_config(&data_dir, |c| c["retired_field"] = json!(1)).await;
+    refused(
+        open().await.expect_err("the same file cannot replace it"),
+        &[
+            "stored config (seq 2) no longer validates",
+            "no longer parses",
+            "retired_field",
+        ],
+    );
+    std::fs::write(&config_path, restart_config(8)).unwrap();
+    let server = Server::start(&config_path, &data_dir, clock).await;
+    let mut c = server.conn().await;
+    assert_eq!(config_seq(&mut c).await, 3);
+    assert_eq!(issued(&mut c, "r").await["cash"], 7);
+    let changes = admin(&mut c, Method::GET, "/admin/api/audit", Some(TOKEN))
+        .await
+        .json()["entries"][0]["changes"]
+        .to_string();
+    assert!(changes.contains("no longer parses"), "{changes}");
+    drop(c);
     server.stop().await;
 }
 
