@@ -231,6 +231,7 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
             book.restore_closed(prize, occurrence, issued);
         }
     }
+    book.exhaust_slot(now_ms);
     let storage_for_lanes = storage.clone();
     let service = Arc::new(DrawService {
         store,

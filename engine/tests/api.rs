@@ -2116,19 +2116,48 @@ fn restart_config(quota: u64) -> String {
         + &cash_prize("cash", 100, quota, 1000, 1)
 }
 
+/// Property 2 across a restart: the slot limiters live in memory, so a node that starts again
+/// within the 100 ms slot in which it stopped could issue that slot's share a second time. It
+/// takes nothing in the slot it starts in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_within_a_slot_does_not_issue_its_share_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10 a second: one win a slot.
+    let config = campaign("c", "")
+        + PARTNERS
+        + &live_round("r", "c", 100, 0)
+        + &cash_prize("cash", 100, 1000, 10, 1);
+    let server = Server::with_config(dir.path(), &config, t0()).await;
+    let mut c = server.conn().await;
+    assert_eq!(draw_ok(&mut c, "r", "a", "1", 1).await["outcome"], "win");
+    assert_eq!(draw_ok(&mut c, "r", "b", "1", 1).await["outcome"], "none");
+    drop(c);
+
+    let server = server.restart().await; // the clock has not moved: the same slot
+    let mut c = server.conn().await;
+    assert_eq!(
+        draw_ok(&mut c, "r", "c", "1", 1).await["outcome"],
+        "none",
+        "the slot's one win was issued before the restart"
+    );
+    server.clock.advance(100);
+    assert_eq!(draw_ok(&mut c, "r", "d", "1", 1).await["outcome"], "win");
+    assert_eq!(issued(&mut c, "r").await["cash"], 2);
+    drop(c);
+    server.stop().await;
+}
+
 /// Rewrites the data dir's stored config (the engine stopped) with `change`, as an older
 /// version could have written it.
 async fn rewrite_stored_config(data: &std::path::Path, change: fn(&mut Value)) {
     let data = data.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let storage =
-            redrain::storage::Storage::open(&data.join("db"), &data.join("ledger"), 0).unwrap();
+    retry_while_locked(move || {
+        let storage = redrain::storage::Storage::open(&data.join("db"), &data.join("ledger"), 0)?;
         let meta = redrain::storage::Cf::Meta;
-        let mut stored: Value =
-            serde_json::from_slice(&storage.get(meta, b"config").unwrap().unwrap()).unwrap();
+        let mut stored: Value = serde_json::from_slice(&storage.get(meta, b"config")?.unwrap())?;
         change(&mut stored["config"]);
         let op = redrain::storage::Op::Put(meta, b"config".to_vec(), stored.to_string().into());
-        storage.commit_blocking(vec![op]).unwrap();
+        Ok(storage.commit_blocking(vec![op])?)
     })
     .await
     .unwrap();
@@ -2182,6 +2211,7 @@ async fn a_changed_file_replaces_a_stored_config_that_no_longer_validates() {
 
     std::fs::write(&config_path, restart_config(7)).unwrap();
     let server = Server::start(&config_path, &data_dir, clock.clone()).await;
+    server.clock.advance(100); // a node takes nothing in the 100 ms slot it starts in
     let mut c = server.conn().await;
     assert_eq!(config_seq(&mut c).await, 2);
     assert_eq!(issued(&mut c, "r").await["cash"], 3, "issued survives");
@@ -2355,6 +2385,7 @@ async fn counters_caps_configs_and_request_records_survive_a_restart() {
     // A changed config file is published on top at the next start; an unchanged one is not.
     std::fs::write(&server.config_path, restart_config(9)).unwrap();
     let server = server.restart().await;
+    server.clock.advance(100); // a node takes nothing in the 100 ms slot it starts in
     let mut c = server.conn().await;
     assert_eq!(config_seq(&mut c).await, 3);
     assert_eq!(issued(&mut c, "r").await["cash"], 8);
@@ -2439,6 +2470,7 @@ async fn rocksdb_state_that_disagrees_with_the_ledger_is_repaired_and_reported()
     };
 
     let server = Server::start(&config_path, &data_dir, clock).await;
+    server.clock.advance(100); // a node takes nothing in the 100 ms slot it starts in
     let mut c = server.conn().await;
     assert_eq!(
         issued(&mut c, "r").await["cash"],

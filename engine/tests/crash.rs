@@ -468,6 +468,8 @@ async fn draws_the_disk_refused_are_answered_503_and_leave_nothing_behind() {
     assert_ledger(&data, &served, 0);
     let replays = |m: &HashMap<String, f64>| common::metric(m, "redrain_draw_replays_total");
     let before = replays(&common::metrics(&mut c).await);
+    // Each draws anew (it wins, unless it falls in the 100 ms slot the node started in).
+    let mut redrawn_wins = 0;
     for req in &refused {
         let r = send(&mut c, req).await.unwrap();
         assert_eq!(
@@ -476,7 +478,7 @@ async fn draws_the_disk_refused_are_answered_503_and_leave_nothing_behind() {
             "{req:?}: {}",
             String::from_utf8_lossy(&r.body)
         );
-        assert_eq!(wins_in(&r.json()).len(), 1, "{req:?} drew anew");
+        redrawn_wins += wins_in(&r.json()).len() as u64;
     }
     assert_eq!(
         replays(&common::metrics(&mut c).await),
@@ -492,7 +494,7 @@ async fn draws_the_disk_refused_are_answered_503_and_leave_nothing_behind() {
     }
     assert_eq!(
         issued(&mut c, "crash").await["cash-d"],
-        acked_wins + refused.len() as u64
+        acked_wins + redrawn_wins
     );
     engine.kill().await;
 }

@@ -124,6 +124,16 @@ impl CounterBook {
         );
     }
 
+    /// Leaves no room in the 100 ms slot containing `now_ms` in any open counter: called at
+    /// start-up, after [`CounterBook::restore`], so a node that restarts within the slot in
+    /// which its previous process stopped cannot issue that slot's share twice (the slot's
+    /// wins are in the ledger, but not what each slot limiter counted).
+    pub fn exhaust_slot(&self, now_ms: u64) {
+        for counters in self.map.read().open.values() {
+            counters.slots.exhaust(now_ms);
+        }
+    }
+
     /// Records at start-up the durable issued count of a counter that is not open, so that a
     /// later config opening it again goes on from there.
     pub fn restore_closed(&self, prize: PrizeId, occurrence: u64, issued: u32) {

@@ -146,6 +146,15 @@ impl SlotLimiter {
             .is_ok()
     }
 
+    /// Leaves no room in the slot containing `now_ms`; the next slot opens as usual. For a
+    /// node's start: its previous process may have used this slot's room before it stopped,
+    /// and the limiter does not know how much.
+    pub fn exhaust(&self, now_ms: u64) {
+        // A share of 0 with 1 used: never the word 0 of a limiter that has not opened a slot.
+        let word = pack_slot(slot_of(now_ms) & TAG_MASK, 0, 1);
+        self.0.store(word, Ordering::Release);
+    }
+
     /// Room used in the slot containing `now_ms` (0 if that slot has not opened).
     pub fn used_in(&self, now_ms: u64) -> u32 {
         let (tag, _, used) = unpack_slot(self.0.load(Ordering::Acquire));
@@ -219,6 +228,17 @@ mod tests {
     use super::*;
 
     const ALONE: NodeShare = NodeShare::ALONE;
+
+    #[test]
+    fn an_exhausted_slot_refuses_and_the_next_slot_opens() {
+        let s = SlotLimiter::default();
+        s.exhaust(1_050);
+        assert!(!s.try_take(1_099, 100, ALONE), "the slot of the start");
+        assert!(s.try_take(1_100, 100, ALONE), "the next slot");
+        let fresh = SlotLimiter::default();
+        fresh.exhaust(0); // slot tag 0: still not taken for a limiter that never opened
+        assert!(!fresh.try_take(50, 100, ALONE));
+    }
 
     #[test]
     fn shares_sum_to_rate_and_spread_evenly() {

@@ -361,14 +361,20 @@ async fn open(settings: &Settings, clock: Arc<ManualClock>) -> App {
 /// time and exposes no signal for it, so a reopen right after a stop may briefly see the lock.
 pub async fn try_open(settings: &Settings, clock: Arc<ManualClock>) -> anyhow::Result<App> {
     let clock: Arc<dyn Clock> = clock;
+    let settings = settings.clone();
+    retry_while_locked(move || server::open(&settings, clock.clone())).await
+}
+
+/// Runs `open` (of a data dir) on a blocking thread, again while it fails because a stopped
+/// engine still holds the data dir's lock (see [`try_open`]).
+pub async fn retry_while_locked<T: Send + 'static>(
+    open: impl Fn() -> anyhow::Result<T> + Send + Sync + 'static,
+) -> anyhow::Result<T> {
+    let open = Arc::new(open);
     let mut last = None;
     for _ in 0..200 {
-        let s = settings.clone();
-        let c = clock.clone();
-        match tokio::task::spawn_blocking(move || server::open(&s, c))
-            .await
-            .unwrap()
-        {
+        let o = open.clone();
+        match tokio::task::spawn_blocking(move || o()).await.unwrap() {
             Err(e) if format!("{e:#}").to_lowercase().contains("lock") => {
                 if last.is_none() {
                     eprintln!(
