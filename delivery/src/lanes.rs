@@ -169,7 +169,7 @@ impl Lane {
             settings: ArcSwap::from_pointee(p.clone()),
             uri: ArcSwap::from_pointee(p.url.parse().ok()),
             queue: Mutex::new(LaneQueue::new(max_queued)),
-            throttle: Mutex::new(Throttle::new(p.rate_per_s, p.node)),
+            throttle: Mutex::new(Throttle::starting(p.rate_per_s, p.node, now_ms())),
             busy: Mutex::new(FxHashSet::default()),
             in_flight: AtomicU32::new(0),
             wake: Notify::new(),
@@ -889,7 +889,9 @@ mod tests {
             queue.push(waiting);
             queue.push(sending);
         }
-        let early_in_a_slot = 10_000 * quota::limiter::SLOT_MS + 10;
+        // The lane sends nothing in the slot it started in nor the next (Throttle::starting).
+        let early_in_a_slot =
+            (quota::limiter::slot_of(now_ms()) + 2) * quota::limiter::SLOT_MS + 10;
         let (batch, throttled) = take_batch(&lane, early_in_a_slot, 8);
         assert_eq!(
             batch,

@@ -22,6 +22,9 @@
 //!   clean slots. A slowed lane still sends its current rate a second, but thins its full-speed
 //!   rooms rather than splitting the slower rate afresh: a slot's slowed room is never more than
 //!   its full-speed room, so a slowed node never takes room another node's lane counts on.
+//! - **Start.** A lane sends nothing in the slot it starts in nor in the next
+//!   ([`Throttle::starting`]): a node restarted within a slot cannot know what its previous
+//!   process sent there, so at most 200 ms of sending is given up at each start.
 
 use quota::limiter::{slot_of, SLOTS_PER_S, SLOT_MS};
 use quota::store::NodeShare;
@@ -69,6 +72,17 @@ impl Throttle {
             slot_troubled: false,
             paused_until_ms: 0,
         }
+    }
+
+    /// [`Throttle::new`] for a lane that starts at `now_ms`, which sends nothing in that slot
+    /// nor in the next. A node that starts again within the slot in which it stopped does not
+    /// know what its previous process sent in that slot, nor the tail it started there, which
+    /// counts against the next slot; so both are taken as full.
+    pub fn starting(rate_per_s: u32, node: NodeShare, now_ms: u64) -> Self {
+        let mut t = Throttle::new(rate_per_s, node);
+        t.slot = slot_of(now_ms);
+        t.tail = t.room(t.slot + 1);
+        t
     }
 
     /// Changes the partner's rate (all nodes) and this node's share of it; applies from the
@@ -191,6 +205,17 @@ mod tests {
         for (j, n) in per_slot.iter().enumerate() {
             assert_eq!(*n, slot_share(25, j as u64));
         }
+    }
+
+    #[test]
+    fn a_starting_throttle_sends_nothing_in_its_first_two_slots() {
+        let mut t = Throttle::starting(50, ALONE, 1_042); // 5 per slot
+        assert_eq!(t.try_take(1_042), Err(1_100));
+        assert_eq!(t.try_take(1_150), Err(1_200));
+        for _ in 0..5 {
+            t.try_take(1_210).unwrap();
+        }
+        assert_eq!(t.try_take(1_210), Err(1_300));
     }
 
     #[test]
