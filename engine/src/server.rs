@@ -175,7 +175,7 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
                     Some(s.config.clone()),
                     s.config.validate().map_err(|e| e.to_string()),
                 ),
-                Err(e) => (None, Err(format!("it no longer parses: {e}"))),
+                Err(e) => (None, Err(format!("it does not parse: {e}"))),
             };
             Some((SeqNo(seq), raw, validated))
         }
@@ -202,12 +202,12 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         Some((seq, _, Ok(config))) => (seq, config, Some(parse_file()?)),
         Some((seq, raw, Err(e))) if file_changed => {
             let file = parse_file()?;
-            tracing::warn!(seq = seq.0, errors = %e, "the stored config no longer validates; the changed config file replaces it");
+            tracing::warn!(seq = seq.0, errors = %e, "this version no longer accepts the stored config; the changed config file replaces it");
             replaced = Some((raw, e));
             (seq, file.clone(), Some(file))
         }
         Some((seq, _, Err(e))) => anyhow::bail!(
-            "the stored config (seq {}) no longer validates: {e}\n(start with a changed, valid \
+            "this version no longer accepts the stored config (seq {}): {e}\n(start with a changed, valid \
              --config file: it is published on top, checked against what was issued)",
             seq.0
         ),
@@ -266,7 +266,7 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         let old = match &replaced {
             Some((raw, e)) => {
                 changes.push(format!(
-                    "replaces the stored config (seq {}), which no longer validates: {e}",
+                    "replaces the stored config (seq {}), which this version no longer accepts: {e}",
                     seq.0 - 1
                 ));
                 raw.as_ref().unwrap_or(old)

@@ -2200,7 +2200,7 @@ async fn a_changed_file_replaces_a_stored_config_that_no_longer_validates() {
     refused(
         open().await.expect_err("the same file cannot replace it"),
         &[
-            "stored config (seq 1) no longer validates",
+            "no longer accepts the stored config (seq 1)",
             "rate_per_s",
             "--config",
         ],
@@ -2239,8 +2239,8 @@ async fn a_changed_file_replaces_a_stored_config_that_no_longer_validates() {
     refused(
         open().await.expect_err("the same file cannot replace it"),
         &[
-            "stored config (seq 2) no longer validates",
-            "no longer parses",
+            "no longer accepts the stored config (seq 2)",
+            "does not parse",
             "retired_field",
         ],
     );
@@ -2253,7 +2253,7 @@ async fn a_changed_file_replaces_a_stored_config_that_no_longer_validates() {
         .await
         .json()["entries"][0]["changes"]
         .to_string();
-    assert!(changes.contains("no longer parses"), "{changes}");
+    assert!(changes.contains("does not parse"), "{changes}");
     drop(c);
     server.stop().await;
 }
