@@ -430,6 +430,7 @@ function refreshLive() {
 function renderLive(live) {
   dash.slotMs = live.slot_ms || 100;
   setText($("#live-now"), fmtTime(live.now));
+  $("#storage-failed").hidden = !live.storage_failed;
   renderDrawRates(live);
   setText($("#claims"), fmtInt(live.claims));
   setText($("#ship-lag"), live.ship_lag_bytes == null ? "not shipping" : fmtBytes(live.ship_lag_bytes));

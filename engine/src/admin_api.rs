@@ -994,6 +994,7 @@ fn live(app: &App) -> Value {
     json!({
         "seq": snap.seq.0,
         "now": format_ms(now_ms),
+        "storage_failed": svc.storage.failed(),
         "slot_ms": quota::limiter::SLOT_MS,
         "draws": draws,
         "claims": svc.metrics.claims.load(std::sync::atomic::Ordering::Relaxed),

@@ -178,6 +178,15 @@ async fn an_operator_configures_publishes_watches_and_pauses_a_round_in_the_brow
     )
     .await;
     b.screenshot("dashboard-moved").await;
+    assert_eq!(
+        b.js(
+            "return document.querySelector('#storage-failed').hidden",
+            json!([])
+        )
+        .await,
+        json!(true),
+        "no storage banner while the ledger writes"
+    );
 
     // Names are text: nothing the operator typed ran.
     let round_name = b.text("[data-round=\"night\"] .name").await;

@@ -22,6 +22,7 @@ use common::{
     campaign, cash_prize, coupon_prize, get_ok, issued, live_round, wins_in, wins_of, Engine,
     PARTNERS,
 };
+use hyper::Method;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use redrain::client::Conn;
@@ -455,6 +456,8 @@ async fn draws_the_disk_refused_are_answered_503_and_leave_nothing_behind() {
         "a node that refuses every draw is not healthy"
     );
     assert_eq!(health.json()["status"], "storage_failed");
+    let live = common::admin(&mut c, Method::GET, "/admin/api/live", Some(common::TOKEN)).await;
+    assert_eq!(live.json()["storage_failed"], true, "the dashboard says so");
     let (req, body) = &acked[0];
     assert_eq!(send(&mut c, req).await.unwrap().body, *body);
     engine.kill().await;
