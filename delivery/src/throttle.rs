@@ -75,14 +75,14 @@ impl Throttle {
     }
 
     /// [`Throttle::new`] for a lane that starts at `now_ms`, which sends nothing in that slot
-    /// nor in the next. A node that starts again within the slot in which it stopped does not
-    /// know what its previous process sent in that slot, nor the tail it started there, which
-    /// counts against the next slot; so both are taken as full.
+    /// nor in the next, whatever the rate. A node that starts again within the slot in which it
+    /// stopped does not know what its previous process sent in that slot, nor the tail it
+    /// started there, which counts against the next slot.
     pub fn starting(rate_per_s: u32, node: NodeShare, now_ms: u64) -> Self {
-        let mut t = Throttle::new(rate_per_s, node);
-        t.slot = slot_of(now_ms);
-        t.tail = t.room(t.slot + 1);
-        t
+        Throttle {
+            paused_until_ms: (slot_of(now_ms) + 2) * SLOT_MS,
+            ..Throttle::new(rate_per_s, node)
+        }
     }
 
     /// Changes the partner's rate (all nodes) and this node's share of it; applies from the
@@ -210,8 +210,10 @@ mod tests {
     #[test]
     fn a_starting_throttle_sends_nothing_in_its_first_two_slots() {
         let mut t = Throttle::starting(50, ALONE, 1_042); // 5 per slot
-        assert_eq!(t.try_take(1_042), Err(1_100));
+        assert_eq!(t.try_take(1_042), Err(1_200));
+        t.set_rate(1000, ALONE); // a raised rate does not shorten the hold
         assert_eq!(t.try_take(1_150), Err(1_200));
+        t.set_rate(50, ALONE);
         for _ in 0..5 {
             t.try_take(1_210).unwrap();
         }

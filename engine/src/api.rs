@@ -96,8 +96,8 @@ pub fn routes(
         .and(warp::get())
         .and(with_app.clone())
         .map(|Segment(id): Segment, app: Arc<App>| timed(&app, || region(&app, &id)));
-    // A node whose ledger refused a write refuses every draw: a load balancer's health check
-    // takes it out.
+    // A node whose ledger refused a write refuses every draw it must write: a load balancer's
+    // health check takes it out.
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .and(with_app.clone())

@@ -288,7 +288,7 @@ pub fn resident_bytes() -> Option<u64> {
 pub fn render_storage(out: &mut String, storage: &crate::storage::Storage) {
     out.push_str("# HELP redrain_storage_groups_total Group commits written: one ledger write and one fsync each.\n# TYPE redrain_storage_groups_total counter\n");
     let _ = writeln!(out, "redrain_storage_groups_total {}", storage.groups());
-    out.push_str("# HELP redrain_storage_failed 1 once the ledger refused a write: every later draw is refused until a restart.\n# TYPE redrain_storage_failed gauge\n");
+    out.push_str("# HELP redrain_storage_failed 1 once the ledger refused a write: every draw that must be written is refused until a restart.\n# TYPE redrain_storage_failed gauge\n");
     let _ = writeln!(out, "redrain_storage_failed {}", u8::from(storage.failed()));
 }
 

@@ -163,21 +163,23 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
 
     let stored = match storage.get(Cf::Meta, CONFIG_KEY)? {
         Some(bytes) => {
-            // The seq first: a config an older version wrote may no longer parse as this
-            // version's `RawConfig`, and is then treated like one that no longer validates.
+            // The document as JSON first: a config an older version wrote may no longer parse
+            // as this version's `RawConfig`, and is then treated like one that no longer
+            // validates. (It stays stored under `config/{seq}` either way.)
             #[derive(serde::Deserialize)]
-            struct Seq {
+            struct Stored {
                 seq: u64,
+                config: serde_json::Value,
             }
-            let seq = serde_json::from_slice::<Seq>(&bytes)?.seq;
-            let (raw, validated) = match serde_json::from_slice::<StoredConfig>(&bytes) {
-                Ok(s) => (
-                    Some(s.config.clone()),
-                    s.config.validate().map_err(|e| e.to_string()),
-                ),
+            let s: Stored = serde_json::from_slice(&bytes)?;
+            let (raw, validated) = match serde_json::from_value::<RawConfig>(s.config) {
+                Ok(raw) => {
+                    let validated = raw.validate().map_err(|e| e.to_string());
+                    (Some(raw), validated)
+                }
                 Err(e) => (None, Err(format!("it does not parse: {e}"))),
             };
-            Some((SeqNo(seq), raw, validated))
+            Some((SeqNo(s.seq), raw, validated))
         }
         None => None,
     };
@@ -214,9 +216,14 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         None => (SeqNo(0), parse_file()?, None),
     };
 
-    let book = CounterBook::new();
-    let store = ConfigStore::new(seq, config, settings.share);
     let now_ms = clock.now_ms();
+    // A data dir with a config was served before: its last process may have stopped within
+    // the slot this one starts in.
+    let book = match seq.0 {
+        0 => CounterBook::new(),
+        _ => CounterBook::starting_at(now_ms),
+    };
+    let store = ConfigStore::new(seq, config, settings.share);
     for (prize, occurrence, issued) in storage.counters()? {
         let Ok(prize) = PrizeId::new(&prize) else {
             continue;
@@ -231,7 +238,6 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
             book.restore_closed(prize, occurrence, issued);
         }
     }
-    book.exhaust_slot(now_ms);
     let storage_for_lanes = storage.clone();
     let service = Arc::new(DrawService {
         store,
@@ -266,7 +272,9 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         let old = match &replaced {
             Some((raw, e)) => {
                 changes.push(format!(
-                    "replaces the stored config (seq {}), which this version no longer accepts: {e}",
+                    "replaces the stored config (seq {}, kept as meta config/{:020}), which this \
+                     version no longer accepts: {e}",
+                    seq.0 - 1,
                     seq.0 - 1
                 ));
                 raw.as_ref().unwrap_or(old)

@@ -2098,10 +2098,12 @@ async fn a_node_issues_only_its_share_of_quota_and_rate() {
         get_ok(&mut c, "/v1/rounds/small").await["prizes"][0]["issued"],
         1
     );
+    server.clock.advance(100); // out of the start slot: the quota, not the slot, refuses
     assert_eq!(
         draw_ok(&mut c, "small", "c", "1", 20).await["outcome"],
         "none"
     );
+    assert!(metric(&metrics(&mut c).await, "redrain_quota_refusals_total") > 0.0);
     server.stop().await;
 }
 
@@ -2207,7 +2209,10 @@ async fn a_changed_file_replaces_a_stored_config_that_no_longer_validates() {
     );
     // A file under what was issued is refused like any publish.
     std::fs::write(&config_path, restart_config(2)).unwrap();
-    refused(open().await.expect_err("quota 2 < issued 3"), &["quota"]);
+    refused(
+        open().await.expect_err("quota 2 < issued 3"),
+        &["quota", "issued"],
+    );
 
     std::fs::write(&config_path, restart_config(7)).unwrap();
     let server = Server::start(&config_path, &data_dir, clock.clone()).await;
@@ -2228,7 +2233,8 @@ async fn a_changed_file_replaces_a_stored_config_that_no_longer_validates() {
         .await
         .json()["entries"][0]["changes"]
         .to_string();
-    for part in ["replaces the stored config (seq 1)", "rate_per_s", "quota"] {
+    let kept = "replaces the stored config (seq 1, kept as meta config/00000000000000000001)";
+    for part in [kept, "rate_per_s", "quota"] {
         assert!(changes.contains(part), "{part:?} missing from: {changes}");
     }
     drop(c);
@@ -2253,7 +2259,12 @@ async fn a_changed_file_replaces_a_stored_config_that_no_longer_validates() {
         .await
         .json()["entries"][0]["changes"]
         .to_string();
-    assert!(changes.contains("does not parse"), "{changes}");
+    for part in [
+        "(seq 2, kept as meta config/00000000000000000002)",
+        "does not parse",
+    ] {
+        assert!(changes.contains(part), "{part:?} missing from: {changes}");
+    }
     drop(c);
     server.stop().await;
 }
@@ -2305,7 +2316,9 @@ async fn a_data_dir_refuses_another_node_share_than_it_was_started_with() {
     let server = Server::start_with(&config_path, &data_dir, clock, two).await;
     let mut c = server.conn().await;
     assert_eq!(issued(&mut c, "r").await["cash"], 3);
+    server.clock.advance(100); // out of the start slot: the quota, not the slot, refuses
     assert_eq!(draw_ok(&mut c, "r", "b", "1", 20).await["outcome"], "none");
+    assert!(metric(&metrics(&mut c).await, "redrain_quota_refusals_total") > 0.0);
     server.stop().await;
 }
 
@@ -2403,10 +2416,12 @@ async fn counters_caps_configs_and_request_records_survive_a_restart() {
         "an unchanged file is not published again"
     );
     assert_eq!(issued(&mut c, "r").await["cash"], 9);
+    server.clock.advance(100); // out of the start slot: the quota, not the slot, refuses
     assert_eq!(
         draw_ok(&mut c, "r", "frank", "f1", 20).await["outcome"],
         "none"
     );
+    assert!(metric(&metrics(&mut c).await, "redrain_quota_refusals_total") > 0.0);
     server.stop().await;
 }
 

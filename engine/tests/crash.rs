@@ -398,6 +398,7 @@ async fn draws_the_disk_refused_are_answered_503_and_leave_nothing_behind() {
     let engine = Engine::start_with_file_limit(&config_path, &data, &log, FILE_LIMIT).await;
 
     // Four clients draw, one new user per request, until each is refused three times in a row
+    // (every 200 is a win: a fresh data dir holds back no start slot, see CounterBook::starting_at)
     // (the limit is reached after a few thousand draws; 20,000 each bounds the loop).
     let addr = engine.addr;
     let tasks: Vec<_> = (0..4)
@@ -453,7 +454,7 @@ async fn draws_the_disk_refused_are_answered_503_and_leave_nothing_behind() {
     let health = c.get("/healthz").await.unwrap();
     assert_eq!(
         health.status, 503,
-        "a node that refuses every draw is not healthy"
+        "a node that refuses every draw it must write is not healthy"
     );
     assert_eq!(health.json()["status"], "storage_failed");
     let live = common::admin(&mut c, Method::GET, "/admin/api/live", Some(common::TOKEN)).await;

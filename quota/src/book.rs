@@ -22,6 +22,9 @@ pub struct CounterBook {
     // parking_lot's RwLock: reads (every win attempt) do not contend with each other, and the
     // write side is only taken to add an occurrence's counters or to publish a config.
     map: RwLock<Counters>,
+    /// When the node started ([`CounterBook::starting_at`]): every counter's slot limiter
+    /// leaves no room in that 100 ms slot.
+    started_ms: Option<u64>,
 }
 
 /// The book's two parts, under one lock so a counter is always in exactly one of them.
@@ -72,6 +75,26 @@ impl CounterBook {
         Self::default()
     }
 
+    /// An empty book for a node that starts at `now_ms`. No counter, restored or created later,
+    /// issues anything in the 100 ms slot containing `now_ms`: the node's previous process may
+    /// have stopped within that slot, and the slot limiters, which live in memory, do not know
+    /// what it issued there (the ledger has the wins, not each limiter's count).
+    pub fn starting_at(now_ms: u64) -> Self {
+        CounterBook {
+            started_ms: Some(now_ms),
+            ..Self::default()
+        }
+    }
+
+    /// New counters, holding back the start slot (see [`CounterBook::starting_at`]).
+    fn fresh(&self, issued: u32, limit: u32) -> Arc<PrizeCounters> {
+        let counters = PrizeCounters::new(issued, limit.max(issued));
+        if let Some(started) = self.started_ms {
+            counters.slots.exhaust(started);
+        }
+        Arc::new(counters)
+    }
+
     /// The counters of `prize` in `occurrence`, if any draw has created them.
     pub fn get(&self, prize: &PrizeId, occurrence: u64) -> Option<Arc<PrizeCounters>> {
         self.map
@@ -99,7 +122,7 @@ impl CounterBook {
             return c.clone();
         }
         let issued = book.take_closed(prize, occurrence);
-        let counters = Arc::new(PrizeCounters::new(issued, limit().max(issued)));
+        let counters = self.fresh(issued, limit());
         book.open
             .insert((prize.clone(), occurrence), counters.clone());
         counters
@@ -118,20 +141,8 @@ impl CounterBook {
     pub fn restore(&self, prize: PrizeId, occurrence: u64, issued: u32, limit: u32) {
         let mut book = self.map.write();
         book.take_closed(&prize, occurrence);
-        book.open.insert(
-            (prize, occurrence),
-            Arc::new(PrizeCounters::new(issued, limit.max(issued))),
-        );
-    }
-
-    /// Leaves no room in the 100 ms slot containing `now_ms` in any open counter: called at
-    /// start-up, after [`CounterBook::restore`], so a node that restarts within the slot in
-    /// which its previous process stopped cannot issue that slot's share twice (the slot's
-    /// wins are in the ledger, but not what each slot limiter counted).
-    pub fn exhaust_slot(&self, now_ms: u64) {
-        for counters in self.map.read().open.values() {
-            counters.slots.exhaust(now_ms);
-        }
+        book.open
+            .insert((prize, occurrence), self.fresh(issued, limit));
     }
 
     /// Records at start-up the durable issued count of a counter that is not open, so that a
@@ -229,6 +240,24 @@ mod tests {
         assert_eq!((lowered.quota.issued(), lowered.quota.limit()), (5, 5));
         // Other occurrences start from 0.
         assert_eq!(take_all(&book.get_or_create(&p1(), 5, || 2)), 2);
+    }
+
+    #[test]
+    fn a_starting_book_holds_the_start_slot_for_restored_and_created_counters() {
+        use crate::limiter::Refusal;
+        use crate::store::NodeShare;
+        let book = CounterBook::starting_at(1_050);
+        book.restore(p1(), 0, 2, 10);
+        book.restore_closed(p1(), 1, 1);
+        let restored = book.get(&p1(), 0).unwrap();
+        let reopened = book.get_or_create(&p1(), 1, || 10);
+        let created = book.get_or_create(&p1(), 2, || 10);
+        for c in [&restored, &reopened, &created] {
+            assert_eq!(c.try_take(1_099, 100, NodeShare::ALONE), Err(Refusal::Slot));
+            assert_eq!(c.try_take(1_100, 100, NodeShare::ALONE), Ok(()));
+        }
+        let plain = CounterBook::new().get_or_create(&p1(), 0, || 10);
+        assert_eq!(plain.try_take(1_099, 100, NodeShare::ALONE), Ok(()));
     }
 
     #[test]

@@ -146,10 +146,9 @@ impl SlotLimiter {
             .is_ok()
     }
 
-    /// Leaves no room in the slot containing `now_ms`; the next slot opens as usual. For a
-    /// node's start: its previous process may have used this slot's room before it stopped,
-    /// and the limiter does not know how much.
-    pub fn exhaust(&self, now_ms: u64) {
+    /// Leaves no room in the slot containing `now_ms`; a later slot opens as usual. Only for a
+    /// limiter no take has used yet ([`crate::book::CounterBook::starting_at`]).
+    pub(crate) fn exhaust(&self, now_ms: u64) {
         // A share of 0 with 1 used: never the word 0 of a limiter that has not opened a slot.
         let word = pack_slot(slot_of(now_ms) & TAG_MASK, 0, 1);
         self.0.store(word, Ordering::Release);
