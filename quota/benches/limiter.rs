@@ -133,7 +133,7 @@ fn counters(c: &mut Criterion) {
                     book
                 },
                 |book, i| {
-                    book.get_or_create(&ids[0], 0, || u32::MAX)
+                    book.get_or_create(&ids[0], 0, 0, || u32::MAX)
                         .try_take(T0 + i, BIG_RATE, NODE)
                         .is_ok()
                 },

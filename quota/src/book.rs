@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::ids::PrizeId;
-use crate::limiter::PrizeCounters;
+use crate::limiter::{slot_of, PrizeCounters};
 
 /// Counters keyed by (prize, occurrence).
 #[derive(Debug, Default)]
@@ -86,10 +86,11 @@ impl CounterBook {
         }
     }
 
-    /// New counters, holding back the start slot (see [`CounterBook::starting_at`]).
-    fn fresh(&self, issued: u32, limit: u32) -> Arc<PrizeCounters> {
+    /// New counters made at `now_ms`, holding back the start slot if `now_ms` is still in it
+    /// (see [`CounterBook::starting_at`]).
+    fn fresh(&self, issued: u32, limit: u32, now_ms: u64) -> Arc<PrizeCounters> {
         let counters = PrizeCounters::new(issued, limit.max(issued));
-        if let Some(started) = self.started_ms {
+        if let Some(started) = self.started_ms.filter(|&s| slot_of(s) == slot_of(now_ms)) {
             counters.slots.exhaust(started);
         }
         Arc::new(counters)
@@ -112,6 +113,7 @@ impl CounterBook {
         &self,
         prize: &PrizeId,
         occurrence: u64,
+        now_ms: u64,
         limit: impl FnOnce() -> u32,
     ) -> Arc<PrizeCounters> {
         if let Some(c) = self.get(prize, occurrence) {
@@ -122,7 +124,7 @@ impl CounterBook {
             return c.clone();
         }
         let issued = book.take_closed(prize, occurrence);
-        let counters = self.fresh(issued, limit());
+        let counters = self.fresh(issued, limit(), now_ms);
         book.open
             .insert((prize.clone(), occurrence), counters.clone());
         counters
@@ -141,8 +143,10 @@ impl CounterBook {
     pub fn restore(&self, prize: PrizeId, occurrence: u64, issued: u32, limit: u32) {
         let mut book = self.map.write();
         book.take_closed(&prize, occurrence);
-        book.open
-            .insert((prize, occurrence), self.fresh(issued, limit));
+        book.open.insert(
+            (prize, occurrence),
+            self.fresh(issued, limit, self.started_ms.unwrap_or_default()),
+        );
     }
 
     /// Records at start-up the durable issued count of a counter that is not open, so that a
@@ -211,7 +215,7 @@ mod tests {
     #[test]
     fn a_counter_closed_and_created_again_keeps_its_issued_count() {
         let book = CounterBook::new();
-        let c = book.get_or_create(&p1(), 4, || 3);
+        let c = book.get_or_create(&p1(), 4, 0, || 3);
         assert_eq!(take_all(&c), 3);
         book.retain(|_, _| false);
         assert!(
@@ -227,19 +231,19 @@ mod tests {
         assert!(c.quota.try_take(), "only what was given back");
         assert!(!c.quota.try_take());
 
-        let again = book.get_or_create(&p1(), 4, || 3);
+        let again = book.get_or_create(&p1(), 4, 0, || 3);
         assert_eq!((again.quota.issued(), again.quota.limit()), (3, 3));
         assert!(!again.quota.try_take(), "the quota of 3 is used up");
         // A raised quota allows exactly the difference.
         book.retain(|_, _| false);
-        let raised = book.get_or_create(&p1(), 4, || 5);
+        let raised = book.get_or_create(&p1(), 4, 0, || 5);
         assert_eq!(take_all(&raised), 2);
         // A lowered one allows nothing, and the limit never drops below what was issued.
         book.retain(|_, _| false);
-        let lowered = book.get_or_create(&p1(), 4, || 2);
+        let lowered = book.get_or_create(&p1(), 4, 0, || 2);
         assert_eq!((lowered.quota.issued(), lowered.quota.limit()), (5, 5));
         // Other occurrences start from 0.
-        assert_eq!(take_all(&book.get_or_create(&p1(), 5, || 2)), 2);
+        assert_eq!(take_all(&book.get_or_create(&p1(), 5, 0, || 2)), 2);
     }
 
     #[test]
@@ -250,13 +254,17 @@ mod tests {
         book.restore(p1(), 0, 2, 10);
         book.restore_closed(p1(), 1, 1);
         let restored = book.get(&p1(), 0).unwrap();
-        let reopened = book.get_or_create(&p1(), 1, || 10);
-        let created = book.get_or_create(&p1(), 2, || 10);
+        let reopened = book.get_or_create(&p1(), 1, 1_060, || 10);
+        let created = book.get_or_create(&p1(), 2, 1_060, || 10);
         for c in [&restored, &reopened, &created] {
             assert_eq!(c.try_take(1_099, 100, NodeShare::ALONE), Err(Refusal::Slot));
             assert_eq!(c.try_take(1_100, 100, NodeShare::ALONE), Ok(()));
         }
-        let plain = CounterBook::new().get_or_create(&p1(), 0, || 10);
+        // Made after the start slot, a counter holds nothing back, however long the uptime.
+        let much_later = 1_050 + 200 * 86_400_000;
+        let late = book.get_or_create(&p1(), 3, much_later, || 10);
+        assert_eq!(late.try_take(much_later, 100, NodeShare::ALONE), Ok(()));
+        let plain = CounterBook::new().get_or_create(&p1(), 0, 0, || 10);
         assert_eq!(plain.try_take(1_099, 100, NodeShare::ALONE), Ok(()));
     }
 
@@ -267,9 +275,9 @@ mod tests {
         book.restore_closed(p1(), 1, 0);
         assert!(book.get(&p1(), 0).is_none());
         assert_eq!(book.issued(&p1(), 0), 3);
-        let c = book.get_or_create(&p1(), 0, || 4);
+        let c = book.get_or_create(&p1(), 0, 0, || 4);
         assert_eq!(take_all(&c), 1);
-        assert_eq!(take_all(&book.get_or_create(&p1(), 1, || 4)), 4);
+        assert_eq!(take_all(&book.get_or_create(&p1(), 1, 0, || 4)), 4);
         // Only counts above 0 are kept, and a re-created counter's count leaves the closed map.
         book.with_exclusive(|c| assert!(c.closed.is_empty(), "{:?}", c.closed));
     }

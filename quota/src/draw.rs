@@ -319,7 +319,8 @@ pub fn plan<R: Rng + ?Sized>(
     let (mut slot_refusals, mut quota_refusals) = (0, 0);
     let mut taker = |index: usize| {
         let prize = &round.prizes[index];
-        let counters = book.get_or_create(&prize.id, occ.index, || store.limit_of(&prize.id));
+        let counters =
+            book.get_or_create(&prize.id, occ.index, now_ms, || store.limit_of(&prize.id));
         let result = counters.try_take(now_ms, prize.rate_per_s, share);
         match result {
             Ok(()) => taken.push((index, counters)),

@@ -1129,7 +1129,7 @@ proptest! {
         let book = CounterBook::new();
         let mut issued = Vec::new();
         for i in 0..n {
-            let c = book.get_or_create(&prize_id(i), 2, || store.limit_of(&prize_id(i)));
+            let c = book.get_or_create(&prize_id(i), 2, 0, || store.limit_of(&prize_id(i)));
             prop_assert_eq!(c.quota.limit(), share.quota(old[i]));
             let want = c.quota.limit() * issued_frac[i] / 100;
             for _ in 0..want {
