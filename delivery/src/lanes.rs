@@ -540,12 +540,12 @@ impl Deliveries {
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "reading a partner's outbox failed; trying again in 1 s");
                 tokio::time::sleep(Duration::from_millis(STORE_RETRY_MS)).await;
-                lane.queue.lock().mark_overflowed();
+                lane.queue.lock().refill_failed();
                 return;
             }
             Err(e) => {
                 tracing::error!(error = %e, "outbox reader panicked");
-                lane.queue.lock().mark_overflowed();
+                lane.queue.lock().refill_failed();
                 return;
             }
         };

@@ -147,12 +147,17 @@ impl LaneQueue {
         self.overflowed && (!self.is_full() || self.refused)
     }
 
-    /// Starts a refill, before the store's outbox is read: clears the marks that asked for
-    /// it, so a push refused while the outbox is read (an id the read may have missed) marks
-    /// the queue again and [`refill`](Self::refill) keeps that mark.
+    /// Starts a refill, before the store's outbox is read: clears the refused mark, so a push
+    /// refused while the outbox is read (an id the read may have missed) marks the queue again
+    /// and [`refill`](Self::refill) keeps that mark.
     pub fn begin_refill(&mut self) {
-        self.overflowed = false;
         self.refused = false;
+    }
+
+    /// A refill begun with [`begin_refill`](Self::begin_refill) could not read the outbox:
+    /// the queue asks for another, as a refused push does (it still overflowed).
+    pub fn refill_failed(&mut self) {
+        self.refused = true;
     }
 
     /// Rebuilds the queue from what it holds and the store's `outbox` (read just before, so
@@ -173,7 +178,7 @@ impl LaneQueue {
         }
         // Stable: ready ids keep their order.
         all.sort_by_key(|&(due, _)| due);
-        self.overflowed |= all.len() > self.cap;
+        self.overflowed = self.refused || all.len() > self.cap;
         all.truncate(self.cap);
         for (due, id) in all {
             if due == 0 {
@@ -296,5 +301,18 @@ mod tests {
         assert_eq!(q.len(), 2);
         q.pop(0);
         assert!(q.wants_refill(), "id 3 is only in the store");
+    }
+
+    #[test]
+    fn a_refill_that_could_not_read_the_outbox_keeps_asking() {
+        // Full of ids due later; a new id, due now, is refused and left in the store.
+        let mut q = LaneQueue::new(2);
+        q.push_at(10_000, id(1));
+        q.push_at(10_000, id(2));
+        assert!(!q.push(id(3)));
+        assert!(q.wants_refill());
+        q.begin_refill();
+        q.refill_failed();
+        assert!(q.wants_refill(), "id 3 is still only in the store");
     }
 }
