@@ -238,7 +238,8 @@ impl Credentials {
             bearer,
             session,
             csrf,
-            mutates: !matches!(*method, warp::http::Method::GET | warp::http::Method::HEAD),
+            // (`server::serve` hands every HEAD to the routes as a GET.)
+            mutates: *method != warp::http::Method::GET,
             unreadable,
         }
     }

@@ -86,6 +86,10 @@ pub(crate) struct StoredConfig {
 }
 
 const CONFIG_KEY: &[u8] = b"config";
+/// The meta key every published config is also kept under.
+fn config_key(seq: u64) -> String {
+    format!("config/{seq:020}")
+}
 const FILE_HASH_KEY: &[u8] = b"config_file_hash";
 /// The node share a data dir was first served with (meta), as [`StoredShare`].
 const NODE_SHARE_KEY: &[u8] = b"node_share";
@@ -271,11 +275,11 @@ pub fn open(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         )];
         let old = match &replaced {
             Some((raw, e)) => {
+                let replaced_seq = seq.0 - 1;
                 changes.push(format!(
-                    "replaces the stored config (seq {}, kept as meta config/{:020}), which this \
-                     version no longer accepts: {e}",
-                    seq.0 - 1,
-                    seq.0 - 1
+                    "replaces the stored config (seq {replaced_seq}, kept as meta {}), which \
+                     this version no longer accepts: {e}",
+                    config_key(replaced_seq)
                 ));
                 raw.as_ref().unwrap_or(old)
             }
@@ -393,11 +397,7 @@ pub fn publish(
             })
             .map_err(|e| e.to_string())?;
             let mut ops = vec![
-                Op::Put(
-                    Cf::Meta,
-                    format!("config/{:020}", seq.0).into_bytes(),
-                    stored.clone(),
-                ),
+                Op::Put(Cf::Meta, config_key(seq.0).into_bytes(), stored.clone()),
                 Op::Put(Cf::Meta, CONFIG_KEY.to_vec(), stored),
             ];
             if let Some(hash) = file_hash {

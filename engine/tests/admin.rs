@@ -704,10 +704,7 @@ async fn unknown_and_repeated_query_parameters_are_refused_naming_them() {
         assert!(v["message"].as_str().unwrap().starts_with(field), "{v}");
     }
     // A stranger learns nothing of the query: the caller is checked first.
-    let r = c
-        .send(Method::GET, "/admin/api/audit?limt=5", &[], "")
-        .await
-        .unwrap();
+    let r = admin(&mut c, Method::GET, "/admin/api/audit?limt=5", None).await;
     assert_eq!(r.status, 401);
     assert!(
         !server.data_dir.join("uploads").exists(),
