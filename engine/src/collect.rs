@@ -295,8 +295,11 @@ impl Collector {
         let path = self.path(node, segment);
         let write = || -> std::io::Result<()> {
             let node_dir = path.parent().expect("under the node's dir");
-            let new_node = !node_dir.exists();
-            std::fs::create_dir_all(node_dir)?;
+            // Only an append at offset 0 may create the file, or the node's directory.
+            let new_node = offset == 0 && !node_dir.exists();
+            if offset == 0 {
+                std::fs::create_dir_all(node_dir)?;
+            }
             let f = OpenOptions::new()
                 .create(true)
                 .truncate(false)
