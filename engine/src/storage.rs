@@ -13,7 +13,7 @@
 //! per geo drop, summed likewise).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread;
 
@@ -296,7 +296,7 @@ impl Storage {
 
     /// Whether the ledger refused a write: every later batch is refused until a restart.
     pub fn failed(&self) -> bool {
-        self.writes.failed.load(Relaxed)
+        self.writes.broken.get().is_some()
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {
@@ -936,8 +936,8 @@ fn repair(db: &DB, dir: &Path) -> Result<Vec<String>, StorageError> {
 struct Writes {
     /// Groups written: one ledger write and one fsync each.
     groups: AtomicU64,
-    /// A ledger write failed; every later batch is refused.
-    failed: AtomicBool,
+    /// The ledger write that failed; every later batch is refused with it.
+    broken: std::sync::OnceLock<StorageError>,
 }
 
 /// Most start-up repairs listed (and logged) one by one; all of them are made.
@@ -956,7 +956,6 @@ fn group_commit(
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(MAX_GROUP);
     let mut buf = Vec::with_capacity(1 << 20);
-    let mut broken: Option<StorageError> = None;
     while let Some(first) = waiting.block_on(rx.recv()) {
         let deadline = tokio::time::Instant::now() + BATCH_WAIT;
         let mut urgent = false;
@@ -979,7 +978,7 @@ fn group_commit(
                 Err(_) => None,
             };
         }
-        let result = match &broken {
+        let result = match writes.broken.get() {
             Some(e) => Err(e.clone()),
             None => {
                 payloads.resize_with(jobs.len(), Vec::new);
@@ -1005,8 +1004,7 @@ fn group_commit(
                     }
                     Err(e) => {
                         let e = StorageError(e.to_string());
-                        broken = Some(e.clone());
-                        writes.failed.store(true, Relaxed);
+                        let _ = writes.broken.set(e.clone());
                         Err(e)
                     }
                 }
